@@ -1,0 +1,61 @@
+"""Environment fingerprint: versions, providers, CPU and GPU (for `info` and reports)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import platform
+from typing import Any
+
+
+def _version(module: str) -> str | None:
+    try:
+        return str(importlib.import_module(module).__version__)
+    except Exception:  # noqa: BLE001 - any import failure means "not usable here"
+        return None
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def onnxruntime_providers() -> list[str]:
+    try:
+        import onnxruntime
+
+        return list(onnxruntime.get_available_providers())
+    except ImportError:
+        return []
+
+
+def environment_info() -> dict[str, Any]:
+    """A JSON-serialisable description of this machine and the libraries in use."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    gpu = torch.cuda.get_device_name(0) if cuda else None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": _version("torchvision"),
+        "onnx": _version("onnx"),
+        "onnxruntime": _version("onnxruntime"),
+        "onnxruntime_providers": onnxruntime_providers(),
+        "onnxsim": _version("onnxsim"),
+        "tensorrt": _version("tensorrt"),
+        "cuda_available": cuda,
+        "cuda_version": torch.version.cuda,
+        "gpu": gpu,
+        "device": "cuda" if cuda else "cpu",
+    }

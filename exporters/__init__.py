@@ -1,0 +1,1 @@
+"""Exporters: ``onnx_from_torch``, ``torchscript_from_torch``, ``engine_from_onnx``."""

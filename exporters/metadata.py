@@ -1,0 +1,111 @@
+"""Export metadata embedded in every exported file.
+
+ONNX: ``metadata_props`` entry ``bgm_deploy`` = JSON; TorchScript: extra file
+``bgm_deploy.json``; TensorRT engines: a ``<engine>.json`` sidecar. The JSON is
+``{"schema_version": 1, "model_config": ModelConfig.to_dict(), "export": {...}}`` where
+``export`` holds the format-specific export config plus torch/onnx versions, so that
+verify, bench and the predictor can rebuild the PyTorch reference from the file alone.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bgm_deploy.config import ModelConfig
+from bgm_deploy.errors import ModelFileError
+
+METADATA_KEY = "bgm_deploy"
+TORCHSCRIPT_EXTRA_FILE = "bgm_deploy.json"
+METADATA_SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ExportMetadata:
+    """What an exported file says about itself."""
+
+    model_config: ModelConfig
+    format: str  # "onnx", "torchscript" or "tensorrt"
+    export: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "schema_version": METADATA_SCHEMA_VERSION,
+                "format": self.format,
+                "model_config": self.model_config.to_dict(),
+                "export": self.export,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str, source: str) -> ExportMetadata:
+        try:
+            data = json.loads(text)
+            return cls(ModelConfig.from_dict(data["model_config"]), data["format"], data.get("export", {}))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ModelFileError(f"{source}: bgm-deploy metadata is unreadable ({exc}); re-export the model") from None
+
+
+def detect_format(path: str | Path) -> str:
+    """``"onnx"``, ``"torchscript"`` or ``"tensorrt"`` from the file's suffix/content."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".onnx":
+        return "onnx"
+    if suffix in (".pt", ".pth", ".ts", ".torchscript", ".jit"):
+        return "torchscript"
+    if suffix in (".engine", ".plan", ".trt"):
+        return "tensorrt"
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head[:2] == b"PK":
+        return "torchscript"
+    raise ModelFileError(
+        f"{path}: cannot tell the model format from suffix {suffix!r}; use .onnx, .pt/.torchscript or .engine"
+    )
+
+
+def read_metadata(path: str | Path) -> ExportMetadata:
+    """Reads the embedded metadata of an exported model file.
+
+    Raises:
+        ModelFileError: the file is missing, corrupt or carries no bgm-deploy metadata.
+    """
+    path = Path(path)
+    fmt = detect_format(path)
+    if fmt == "onnx":
+        import onnx
+
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as exc:  # onnx raises DecodeError and friends without a common base
+            raise ModelFileError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+        props = {p.key: p.value for p in proto.metadata_props}
+        if METADATA_KEY not in props:
+            raise ModelFileError(
+                f"{path}: has no bgm-deploy metadata (not exported by bgm-deploy?); re-export it with "
+                "'bgm-deploy export' or pass --checkpoint/--backbone explicitly"
+            )
+        return ExportMetadata.from_json(props[METADATA_KEY], str(path))
+    if fmt == "torchscript":
+        import torch
+
+        extra = {TORCHSCRIPT_EXTRA_FILE: ""}
+        try:
+            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+        except (RuntimeError, ValueError) as exc:
+            raise ModelFileError(f"{path}: not a readable TorchScript file ({str(exc).splitlines()[0]})") from None
+        if not extra[TORCHSCRIPT_EXTRA_FILE]:
+            raise ModelFileError(f"{path}: has no bgm-deploy metadata (extra file {TORCHSCRIPT_EXTRA_FILE} missing)")
+        text = extra[TORCHSCRIPT_EXTRA_FILE]
+        return ExportMetadata.from_json(text.decode() if isinstance(text, bytes) else text, str(path))
+    sidecar = path.with_suffix(path.suffix + ".json")
+    if not sidecar.is_file():
+        raise ModelFileError(f"{path}: engine metadata sidecar {sidecar.name} is missing; rebuild the engine with bgm-deploy")
+    return ExportMetadata.from_json(sidecar.read_text(), str(sidecar))

@@ -1,0 +1,233 @@
+"""Refiner of BackgroundMattingV2: re-estimates alpha/foreground on selected 4x4 patches.
+
+The patch selection is written without any Python branch on the number of selected
+patches (``nonzero`` on a (B, H/4, W/4) mask, then index columns), so traced and
+exported graphs handle zero selected patches and any image size at run time.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+
+REFINE_MODES = ("full", "sampling", "thresholding")
+CROP_METHODS = ("unfold", "roi_align", "gather")
+REPLACE_METHODS = ("scatter_nd", "scatter_element")
+KERNEL_SIZES = (1, 3)
+
+
+def select_refinement_regions(
+    err: Tensor, mode: str, sample_pixels: int, threshold: float, prevent_oversampling: bool
+) -> Tensor:
+    """Marks the quarter-resolution cells to refine.
+
+    Args:
+        err: error map resized to quarter resolution, ``(B, 1, Hq, Wq)``, 0..1.
+        mode: ``"sampling"`` (top ``sample_pixels // 16`` cells per image) or
+            ``"thresholding"`` (cells with error > ``threshold``).
+
+    Returns:
+        ``(B, 1, Hq, Wq)`` float mask, 1 where a cell is refined.
+    """
+    if mode == "sampling":
+        flat = err.flatten(1)
+        k = sample_pixels // 16
+        # Pad with k cells of error -1 (below any clamped error) so that topk(k) is valid
+        # whatever the grid size: a k larger than the grid no longer crashes, and no
+        # shape-dependent Python value is baked into exported graphs.
+        padding = torch.full_like(flat[:, :1], -1.0).expand(-1, k)
+        indices = torch.cat([flat, padding], dim=1).topk(k, dim=1, sorted=False).indices
+        ref = torch.zeros_like(torch.cat([flat, padding], dim=1)).scatter(1, indices, 1.0)
+        ref = ref[:, : flat.shape[1]]
+        if prevent_oversampling:
+            ref = ref * (flat > 0).to(ref.dtype)
+        return ref.view_as(err)
+    return (err > threshold).to(err.dtype)
+
+
+def crop_patches(x: Tensor, idx: Tensor, size: int, padding: int, method: str) -> Tensor:
+    """Crops one window per selected cell.
+
+    Args:
+        x: ``(B, C, H, W)`` map.
+        idx: ``(N, 3)`` int64 rows ``(b, i, j)`` of selected cells.
+        size: stride of the cell grid on ``x`` (window start is ``(i*size, j*size)``).
+        padding: zero padding added around ``x`` before cropping.
+
+    Returns:
+        ``(N, C, size + 2*padding, size + 2*padding)``.
+    """
+    if padding != 0:
+        x = F.pad(x, (padding, padding, padding, padding))
+    window = size + 2 * padding
+    b, i, j = idx[:, 0], idx[:, 1], idx[:, 2]
+    if method == "unfold":
+        windows = x.permute(0, 2, 3, 1).unfold(1, window, size).unfold(2, window, size)
+        return windows[b, i, j]
+    if method == "roi_align":
+        # Boxes stay in float32 whatever x's dtype: coordinates such as 1919.5 are not
+        # representable in float16. Each 1-pixel bin centred on an integer coordinate
+        # samples exactly one pixel, so the crop is an exact copy.
+        start_y = (i * size).to(torch.float32) - 0.5
+        start_x = (j * size).to(torch.float32) - 0.5
+        boxes = torch.stack(
+            [b.to(torch.float32), start_x, start_y, start_x + window, start_y + window], dim=1
+        )
+        crops = torchvision.ops.roi_align(x.float(), boxes, window, 1.0, 1, False)
+        return crops.to(x.dtype)
+    if method == "gather":
+        height, width = x.shape[2], x.shape[3]
+        offsets = torch.arange(window, device=x.device, dtype=idx.dtype)
+        rows = (i * size).view(-1, 1) + offsets.view(1, -1)  # (N, window)
+        cols = (j * size).view(-1, 1) + offsets.view(1, -1)
+        # Per-pixel flat indices into the channels-last (B*H*W, C) view: batch stride H*W.
+        pixel = (b.view(-1, 1, 1) * height + rows.view(-1, window, 1)) * width + cols.view(-1, 1, window)
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+        return pixels[pixel.flatten()].view(-1, window, window, x.shape[1]).permute(0, 3, 1, 2)
+    raise ValueError(f"patch_crop_method={method!r} is not valid; valid: {list(CROP_METHODS)}")
+
+
+def replace_patches(x: Tensor, patches: Tensor, idx: Tensor, method: str) -> Tensor:
+    """Overwrites the 4x4 block of each selected cell with its refined patch.
+
+    Args:
+        x: ``(B, C, H, W)`` full-resolution map, H and W divisible by 4.
+        patches: ``(N, C, 4, 4)``.
+        idx: ``(N, 3)`` int64 rows ``(b, i, j)``.
+
+    Returns:
+        A new ``(B, C, H, W)`` tensor (``x`` is not modified).
+    """
+    batch, channels, height, width = x.shape
+    b, i, j = idx[:, 0], idx[:, 1], idx[:, 2]
+    if method == "scatter_nd":
+        blocks = x.view(batch, channels, height // 4, 4, width // 4, 4).permute(0, 2, 4, 1, 3, 5)
+        blocks = blocks.index_put((b, i, j), patches)
+        return blocks.permute(0, 3, 1, 4, 2, 5).reshape(batch, channels, height, width)
+    if method == "scatter_element":
+        offsets = torch.arange(4, device=x.device, dtype=idx.dtype)
+        channel = torch.arange(channels, device=x.device, dtype=idx.dtype)
+        rows = (i * 4).view(-1, 1, 1, 1) + offsets.view(1, 1, 4, 1)
+        cols = (j * 4).view(-1, 1, 1, 1) + offsets.view(1, 1, 1, 4)
+        # Batch stride is C*H*W (the original used H*W, wrong for batch >= 2).
+        flat = ((b.view(-1, 1, 1, 1) * channels + channel.view(1, -1, 1, 1)) * height + rows) * width + cols
+        out = x.reshape(-1).scatter(0, flat.reshape(-1), patches.reshape(-1))
+        return out.view(batch, channels, height, width)
+    raise ValueError(f"patch_replace_method={method!r} is not valid; valid: {list(REPLACE_METHODS)}")
+
+
+class Refiner(nn.Module):
+    """Refinement network: four unpadded convs applied to selected patches.
+
+    Args:
+        kernel_size: 3 (the released weights) or 1.
+
+    The selection and patch settings are arguments of :meth:`forward` so that the
+    owning :class:`~model.MattingRefine` (and its scripted TorchScript export) can change
+    them after construction.
+    """
+
+    def __init__(self, kernel_size: int = 3) -> None:
+        super().__init__()
+        if kernel_size not in KERNEL_SIZES:
+            raise ValueError(f"refine_kernel_size={kernel_size!r} is not valid; valid: {list(KERNEL_SIZES)}")
+        self.kernel_size = kernel_size
+        channels = [32, 24, 16, 12, 4]
+        self.conv1 = nn.Conv2d(channels[0] + 6 + 4, channels[1], kernel_size, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels[1])
+        self.conv2 = nn.Conv2d(channels[1], channels[2], kernel_size, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels[2])
+        self.conv3 = nn.Conv2d(channels[2] + 6, channels[3], kernel_size, bias=False)
+        self.bn3 = nn.BatchNorm2d(channels[3])
+        self.conv4 = nn.Conv2d(channels[3], channels[4], kernel_size, bias=True)
+        self.relu = nn.ReLU(True)
+
+    def refine_patches(self, x: Tensor, y: Tensor) -> Tensor:
+        """Runs the patch network.
+
+        Args:
+            x: ``(N, 42, S, S)`` half-resolution crops (hid, pha, fgr residual, src, bgr),
+                S = 8 (kernel 3) or 2 (kernel 1).
+            y: ``(N, 6, S', S')`` full-resolution crops of (src, bgr), S' = 8 or 4.
+
+        Returns:
+            ``(N, 4, 4, 4)`` refined (alpha, fgr residual) patches.
+        """
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn2(self.conv2(x)))
+        x = F.interpolate(x, size=(y.shape[2], y.shape[3]), mode="nearest")
+        x = self.relu(self.bn3(self.conv3(torch.cat([x, y], dim=1))))
+        return self.conv4(x)
+
+    def forward(
+        self,
+        src: Tensor,
+        bgr: Tensor,
+        pha: Tensor,
+        fgr: Tensor,
+        err: Tensor,
+        hid: Tensor,
+        mode: str = "sampling",
+        sample_pixels: int = 80_000,
+        threshold: float = 0.1,
+        prevent_oversampling: bool = True,
+        crop_method: str = "unfold",
+        replace_method: str = "scatter_nd",
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Refines the coarse result to full resolution.
+
+        Args:
+            src, bgr: ``(B, 3, H, W)``, 0..1, H and W divisible by 4.
+            pha: coarse alpha ``(B, 1, Hc, Wc)``, 0..1.
+            fgr: coarse foreground residual ``(B, 3, Hc, Wc)``, unbounded.
+            err: coarse error ``(B, 1, Hc, Wc)``, 0..1.
+            hid: coarse hidden features ``(B, 32, Hc, Wc)``, >= 0.
+
+        Returns:
+            ``pha (B, 1, H, W)`` and ``fgr`` residual ``(B, 3, H, W)``, both unclamped, and
+            ``ref (B, 1, H/4, W/4)``, 1 where a patch was refined.
+        """
+        full_h, full_w = src.shape[2], src.shape[3]
+        half_h, half_w = full_h // 2, full_w // 2
+        quarter_h, quarter_w = full_h // 4, full_w // 4
+        src_bgr = torch.cat([src, bgr], dim=1)
+
+        if mode == "full":
+            x = torch.cat([hid, pha, fgr], dim=1)
+            x = F.interpolate(x, size=(half_h, half_w), mode="bilinear", align_corners=False)
+            y = F.interpolate(src_bgr, size=(half_h, half_w), mode="bilinear", align_corners=False)
+            x = torch.cat([x, y], dim=1)
+            if self.kernel_size == 3:
+                x = F.pad(x, (3, 3, 3, 3))
+                y = F.pad(src_bgr, (2, 2, 2, 2))
+            else:
+                y = src_bgr
+            x = self.refine_patches(x, y)
+            ref = torch.ones_like(src[:, :1, :quarter_h, :quarter_w])
+            return x[:, :1], x[:, 1:], ref
+
+        err = F.interpolate(err, size=(quarter_h, quarter_w), mode="bilinear", align_corners=False)
+        ref = select_refinement_regions(err, mode, sample_pixels, threshold, prevent_oversampling)
+        idx = torch.nonzero(ref.squeeze(1) > 0)
+
+        out = torch.cat([pha, fgr], dim=1)
+        out = F.interpolate(out, size=(full_h, full_w), mode="bilinear", align_corners=False)
+
+        # No branch on idx.shape[0]: with zero selected cells the patch network runs on an
+        # empty batch and the replace is a no-op, so exported graphs stay correct.
+        x = torch.cat([hid, pha, fgr], dim=1)
+        x = F.interpolate(x, size=(half_h, half_w), mode="bilinear", align_corners=False)
+        y = F.interpolate(src_bgr, size=(half_h, half_w), mode="bilinear", align_corners=False)
+        half_padding = 3 if self.kernel_size == 3 else 0
+        full_padding = 2 if self.kernel_size == 3 else 0
+        # One extra (discarded) cell keeps the patch batch non-empty: convolutions on an
+        # empty batch are a data-dependent branch torch.export cannot capture, and some
+        # runtimes reject zero-sized tensors.
+        padded_idx = torch.cat([idx, idx.new_zeros((1, 3))], dim=0)
+        x = crop_patches(torch.cat([x, y], dim=1), padded_idx, 2, half_padding, crop_method)
+        y = crop_patches(src_bgr, padded_idx, 4, full_padding, crop_method)
+        patches = self.refine_patches(x, y)[:-1]
+        out = replace_patches(out, patches, idx, replace_method)
+        return out[:, :1], out[:, 1:], ref
