@@ -5,4 +5,7 @@ from __future__ import annotations
 from .base import BaseRunner, TensorMeta
 from .registry import create_runner, register_runner, runner_class, runner_names
 
+# Importing a runner module registers it; each imports its heavy library lazily.
+from . import onnxruntime, pytorch, torchscript  # noqa: E402,F401  (isort: skip)
+
 __all__ = ["BaseRunner", "TensorMeta", "create_runner", "register_runner", "runner_class", "runner_names"]
