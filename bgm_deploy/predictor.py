@@ -260,7 +260,7 @@ class Predictor:
 
 def _pytorch_config(checkpoint: str | Path | None, model_config: ModelConfig | None) -> ModelConfig:
     """The config of the PyTorch reference: from the checkpoint's keys unless given."""
-    from .checkpoint import config_for_checkpoint, read_checkpoint
+    from .checkpoint import config_for_checkpoint
 
     if checkpoint is None:
         if model_config is None:
@@ -270,13 +270,31 @@ def _pytorch_config(checkpoint: str | Path | None, model_config: ModelConfig | N
             )
         return model_config
     if model_config is None:
-        _, info = read_checkpoint(checkpoint)
-        model_config = ModelConfig(
-            model_type=info.model_type,
-            backbone=info.backbone,
-            refine_kernel_size=info.refine_kernel_size or 3,
-        )
+        return config_from_checkpoint(checkpoint)
     return config_for_checkpoint(model_config, checkpoint)
+
+
+def config_from_checkpoint(checkpoint: str | Path, **overrides: Any) -> ModelConfig:
+    """A :class:`ModelConfig` for a checkpoint: architecture from its keys, other settings
+    from ``overrides`` (None values ignored), its sha256 recorded.
+
+    Raises:
+        CheckpointError: unreadable file; UsageError: an override is not valid.
+    """
+    from .checkpoint import config_for_checkpoint, read_checkpoint
+
+    _, info = read_checkpoint(checkpoint)
+    settings: dict[str, Any] = {
+        "model_type": info.model_type,
+        "backbone": info.backbone,
+        "refine_kernel_size": info.refine_kernel_size or 3,
+    }
+    settings.update({key: value for key, value in overrides.items() if value is not None})
+    try:
+        config = ModelConfig(**settings)
+    except TypeError as exc:
+        raise UsageError(f"model settings {sorted(overrides)} are not all ModelConfig fields: {exc}") from None
+    return config_for_checkpoint(config, checkpoint)
 
 
 def _check_outputs(outputs: Any, available: tuple[str, ...], source: str) -> tuple[str, ...]:
