@@ -1,0 +1,277 @@
+"""How each benchmark backend is prepared and invoked.
+
+Every backend gives two things once prepared:
+
+* ``compute(src, bgr)`` → a zero-argument callable running the model on inputs that are
+  already in the backend's own form and place (torch tensors on the device, numpy arrays
+  for onnxruntime CPU, device buffers bound once for GPU runtimes): what compute-only
+  timings measure, as published figures are;
+* ``infer(feeds)`` → the runner contract (dict of numpy arrays in and out), used by the
+  end-to-end pipeline, where the host↔device copies belong to the measured work.
+
+Exports come from :func:`bgm_deploy.export.export` (ONNX: roi_align crop +
+scatter_element replace, its defaults) into a work directory, once per model config.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from bgm_deploy.config import ModelConfig
+from bgm_deploy.errors import RuntimeUnavailableError, UsageError
+
+from .harness import SyncTimer, Timer, cpu_timer
+
+BACKENDS = ("eager", "torchscript", "onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
+PRECISIONS = ("fp32", "fp16")
+INPUT_NAMES = ("src", "bgr")
+OUTPUT_NAMES = ("pha", "fgr", "pha_sm", "fgr_sm", "err_sm", "ref_sm")
+# The backends whose work runs on a CUDA device.
+GPU_BACKENDS = ("onnx-cuda", "onnx-tensorrt", "tensorrt")
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def unavailable_reason(backend: str, precision: str, device: str) -> str | None:
+    """Why ``backend`` cannot run here at ``precision`` (None when it can).
+
+    ``device`` is where eager PyTorch and TorchScript run (``"cpu"`` or ``"cuda"``).
+    """
+    if backend not in BACKENDS:
+        raise UsageError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"precision={precision!r} is not valid; valid: {', '.join(PRECISIONS)}")
+    cuda = _cuda_available()
+    if backend in GPU_BACKENDS and not cuda:
+        return "no CUDA device (torch.cuda.is_available() is False)"
+    if backend in ("onnx-cuda", "onnx-tensorrt"):
+        import onnxruntime
+
+        provider = "CUDAExecutionProvider" if backend == "onnx-cuda" else "TensorrtExecutionProvider"
+        if provider not in onnxruntime.get_available_providers():
+            return f"onnxruntime {onnxruntime.__version__} has no {provider}"
+    if backend in ("onnx-tensorrt", "tensorrt") and importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed (pip install tensorrt)"
+    if precision == "fp16":
+        if backend in ("onnx-cpu", "onnx-cuda"):
+            return "fp16 is benchmarked on TensorRT (onnx-tensorrt, tensorrt) and CUDA PyTorch only"
+        if backend in ("eager", "torchscript") and device != "cuda":
+            return "fp16 PyTorch is benchmarked on a CUDA device only"
+    return None
+
+
+def _export_api() -> Any:
+    """The exporter module, or a clear error when this install lacks it."""
+    try:
+        return importlib.import_module("bgm_deploy.export")
+    except ImportError as exc:
+        raise RuntimeUnavailableError(f"the exporter bgm_deploy.export cannot be imported ({exc})") from None
+
+
+class ArtifactCache:
+    """Exported files in ``workdir``, one per (model config, format), made on first use."""
+
+    def __init__(
+        self, workdir: Path, progress: Callable[[str], None] | None = None, checkpoint: Path | None = None
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.checkpoint = checkpoint
+        self.progress = progress or (lambda message: None)
+        self._paths: dict[tuple[str, str], Path] = {}
+        self.export_seconds: dict[str, float] = {}
+
+    def path(self, config: ModelConfig, fmt: str) -> Path:
+        import time
+
+        key = (config.to_json(), fmt)
+        if key not in self._paths:
+            suffix = {"onnx": ".onnx", "torchscript": ".pt"}[fmt]
+            path = self.workdir / f"model{len(self._paths)}{suffix}"
+            self.progress(f"exporting {config.backbone} ({config.backbone_scale:g}, {config.refine_sample_pixels} px) to {fmt}…")
+            start = time.perf_counter()
+            extra = {} if self.checkpoint is None else {"checkpoint": self.checkpoint}
+            _export_api().export(config, path, format=fmt, **extra)
+            self.export_seconds[path.name] = time.perf_counter() - start
+            self._paths[key] = path
+        return self._paths[key]
+
+
+@dataclass
+class Inputs:
+    """One batch of inputs in the forms backends need: numpy float32 and torch tensors."""
+
+    src: np.ndarray
+    bgr: np.ndarray
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {"src": self.src, "bgr": self.bgr}
+
+    def torch(self, device: str, dtype: str) -> tuple[Any, Any]:
+        import torch
+
+        torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+        return tuple(torch.from_numpy(a).to(device=device, dtype=torch_dtype).contiguous() for a in (self.src, self.bgr))
+
+
+class PreparedBackend:
+    """A backend ready to run; see the module docstring. Close it when done."""
+
+    name: str = ""
+    provider: str = ""
+    timer: Timer = staticmethod(cpu_timer)  # type: ignore[assignment]
+
+    def compute(self, inputs: Inputs) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Releases sessions and device memory."""
+
+
+class RunnerBackend(PreparedBackend):
+    """A registered runner (``runtimes``) around an exported file."""
+
+    def __init__(self, name: str, runner_name: str, options: dict[str, Any], device: str, precision: str) -> None:
+        import runtimes
+
+        _load_runner_modules()
+        self.name = name
+        self.device = device
+        self.precision = precision
+        self.runner = runtimes.create_runner(runner_name, **options)
+        self.runner.activate()
+        self.provider = self.runner.provider
+        self.input_dtype = np.dtype(self.runner.input_metadata()["src"].dtype)
+        if device == "cuda" and runner_name in ("pytorch", "torchscript"):
+            # Work on torch's current stream: CUDA events around the call measure it.
+            from .harness import CudaEventTimer
+
+            self.timer = CudaEventTimer()
+        elif device == "cuda":
+            # onnxruntime / TensorRT use their own streams: synchronise the whole device.
+            import torch
+
+            self.timer = SyncTimer(torch.cuda.synchronize)
+        else:
+            self.timer = cpu_timer
+
+    def compute(self, inputs: Inputs) -> Callable[[], Any]:
+        module = getattr(self.runner, "module", None)
+        if module is not None:
+            # PyTorch / TorchScript: call the module on ready tensors; the runner's infer()
+        # would add numpy↔tensor conversions that compute-only timings exclude.
+            import torch
+
+            src, bgr = inputs.torch(self.device, self.precision)
+
+            def run_module() -> Any:
+                with torch.inference_mode():
+                    return module(src, bgr)
+
+            return run_module
+        session = getattr(self.runner, "session", None)
+        if self.device == "cuda" and session is not None:
+            return self._bound_onnxruntime(session, inputs)
+        feeds = inputs.feeds()
+        return lambda: self.runner.infer(feeds)
+
+    def _bound_onnxruntime(self, session: Any, inputs: Inputs) -> Callable[[], Any]:
+        """onnxruntime on CUDA with IO binding: inputs bound once on the device, outputs left
+        there. Unverified: written against the onnxruntime IOBinding API, no GPU here."""
+        import torch
+
+        src, bgr = inputs.torch("cuda", "fp32")
+        binding = session.io_binding()
+        for name, tensor in zip(INPUT_NAMES, (src, bgr)):
+            binding.bind_input(name, "cuda", tensor.device.index or 0, np.float32, list(tensor.shape), tensor.data_ptr())
+        for output in session.get_outputs():
+            binding.bind_output(output.name, "cuda", torch.cuda.current_device())
+
+        def run() -> Any:
+            session.run_with_iobinding(binding)
+            return binding
+
+        return run
+
+    def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.runner.infer({k: v.astype(self.input_dtype, copy=False) for k, v in feeds.items()})
+
+    def close(self) -> None:
+        if self.runner.is_active:
+            self.runner.deactivate()
+
+
+def _load_runner_modules() -> None:
+    """Imports the runner modules so that they register themselves."""
+    for module in ("runtimes.onnxruntime", "runtimes.torchscript", "runtimes.tensorrt"):
+        if importlib.util.find_spec(module) is not None:
+            importlib.import_module(module)
+
+
+def prepare_backend(
+    backend: str,
+    config: ModelConfig,
+    precision: str,
+    device: str,
+    threads: int,
+    artifacts: ArtifactCache,
+    model_file: Path | None = None,
+    checkpoint: Path | None = None,
+) -> PreparedBackend:
+    """Builds/exports and loads ``backend`` for ``config``.
+
+    Args:
+        backend: one of :data:`BACKENDS` (availability checked by the caller).
+        config: the model configuration (already in the benchmark's refine settings).
+        precision: ``"fp32"`` or ``"fp16"``.
+        device: where eager PyTorch and TorchScript run.
+        threads: intra-op threads for CPU runtimes.
+        artifacts: where exports are made and cached.
+        model_file: an exported file to load instead of exporting ``config``.
+        checkpoint: the weights of ``config`` when it is not synthetic.
+    """
+    dtype = "float16" if precision == "fp16" else "float32"
+    if backend == "eager":
+        options = {"model_config": config, "checkpoint": checkpoint, "device": device, "dtype": dtype}
+        return RunnerBackend(backend, "pytorch", options, device, precision)
+    if backend == "torchscript":
+        path = model_file or artifacts.path(config, "torchscript")
+        return RunnerBackend(backend, "torchscript", {"path": path, "device": device}, device, precision)
+    if backend.startswith("onnx-"):
+        provider = backend.split("-", 1)[1]
+        path = model_file or artifacts.path(config, "onnx")
+        options: dict[str, Any] = {"path": path, "provider": provider}
+        if provider == "cpu":
+            options["threads"] = threads
+        else:
+            options["trt_fp16"] = precision == "fp16"
+            options["cache_dir"] = artifacts.workdir / "trt_cache"
+        return RunnerBackend(backend, "onnxruntime", options, "cpu" if provider == "cpu" else "cuda", precision)
+    if backend == "tensorrt":
+        # Unverified: needs the engine builder and TensorRT runner, and a GPU.
+        engine = model_file or _build_engine(config, precision, artifacts)
+        return RunnerBackend(backend, "tensorrt", {"path": engine}, "cuda", precision)
+    raise UsageError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
+
+
+def _build_engine(config: ModelConfig, precision: str, artifacts: ArtifactCache) -> Path:
+    onnx_path = artifacts.path(config, "onnx")
+    try:
+        from exporters.tensorrt import engine_from_onnx  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise RuntimeUnavailableError(f"the TensorRT engine builder exporters.tensorrt cannot be imported ({exc})") from None
+    engine = onnx_path.with_suffix(f".{precision}.engine")
+    engine_from_onnx(onnx_path, engine, fp16=precision == "fp16")
+    return engine
