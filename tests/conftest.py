@@ -32,7 +32,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="slow: run with --runslow"))
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="gpu: no CUDA device on this machine"))
-        if "tensorrt" in item.keywords and not (has_trt and has_cuda):
+        # get_closest_marker, not keywords: a test folder named tensorrt/ is a keyword too.
+        if item.get_closest_marker("tensorrt") is not None and not (has_trt and has_cuda):
             item.add_marker(pytest.mark.skip(reason="tensorrt: TensorRT and a GPU are not available"))
 
 
