@@ -155,13 +155,17 @@ def select_refinement_regions_tensorrt(
 
 
 # -- export patches ------------------------------------------------------------------------
-import model.refiner as _refiner_module  # noqa: E402 - kept next to the patch list it serves
+from exporters.patcher import Patch  # noqa: E402 - kept next to the patch list it serves
 
-
-TENSORRT_PATCHES: tuple[tuple[object, str, object], ...] = (
+TENSORRT_PATCHES: tuple[Patch, ...] = (
     # Refiner.forward looks the selection up in its module's globals at call time, so
-    # replacing the module attribute (and restoring it afterwards) swaps the selection for
-    # the duration of the export without touching model/.
-    (_refiner_module, "select_refinement_regions", select_refinement_regions_tensorrt),
+    # replacing that global (restored by the patcher) swaps the selection for the export
+    # without touching model/.
+    Patch(
+        "module:model.refiner",
+        "select_refinement_regions",
+        select_refinement_regions_tensorrt,
+        reason="TensorRT's TopK accepts K <= 3840; sampling needs K = sample_pixels // 16 (5,000 HD, 20,000 4K)",
+    ),
 )
-"""``(owner, attribute, replacement)`` rewrites applied while exporting with ``target="tensorrt"``."""
+"""Rewrites the ONNX exporter applies (after ``EXPORT_PATCHES``) when ``target == "tensorrt"``."""

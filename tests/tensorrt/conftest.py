@@ -7,8 +7,6 @@ small inputs, so the default export trips the preflight and the grid (64x80 = 5,
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import torch
 
 from bgm_deploy.checkpoint import build_model
 from bgm_deploy.config import ModelConfig
+from exporters.patcher import EXPORT_PATCHES, ModelPatcher
 from exporters.tensorrt_safe import TENSORRT_PATCHES
 
 HD_SAMPLING = ModelConfig(
@@ -27,22 +26,6 @@ HD_SAMPLING = ModelConfig(
 OUTPUT_NAMES = ["pha", "fgr", "pha_sm", "fgr_sm", "err_sm", "ref_sm"]
 
 
-@contextlib.contextmanager
-def _direct_patches(model: torch.nn.Module, target: str) -> Iterator[None]:
-    """The export-time rewrites (validate no-op, TensorRT patches), restored afterwards."""
-    patches = TENSORRT_PATCHES if target == "tensorrt" else ()
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    for owner, name, replacement in patches:
-        setattr(owner, name, replacement)
-    model.validate = lambda src, bgr: None  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        for owner, name, original in saved:
-            setattr(owner, name, original)
-        del model.validate
-
-
 def export_refine_onnx(config: ModelConfig, target: str, path: Path) -> Path:
     """Exports ``config``'s model for ``target`` ('generic' or 'tensorrt') with the legacy exporter.
 
@@ -52,7 +35,8 @@ def export_refine_onnx(config: ModelConfig, target: str, path: Path) -> Path:
     """
     model = build_model(config, None)
     src = torch.rand(1, 3, 128, 160, generator=torch.Generator().manual_seed(0))
-    with _direct_patches(model, target), torch.no_grad():
+    patches = EXPORT_PATCHES + (TENSORRT_PATCHES if target == "tensorrt" else ())
+    with ModelPatcher(model, patches), torch.no_grad():
         torch.onnx.export(
             model,
             (src, src.flip(-1)),
