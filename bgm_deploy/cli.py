@@ -251,6 +251,28 @@ def matte(
         raise click.exceptions.Exit(1)
 
 
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--target", type=click.Choice(["tensorrt"]), default="tensorrt", show_default=True,
+              help="Deployment target to check for.")
+@click.option("--min-tensorrt", default="10.0", show_default=True, help="Oldest TensorRT version to support.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@click.pass_context
+@handle_errors
+def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_path: str | None) -> None:
+    """Preflight an ONNX MODEL for a target without its hardware (exit 1 if something blocks it)."""
+    from .check import check as run_check
+
+    state: Context = ctx.obj
+    report = run_check(model, target=target, min_tensorrt=min_tensorrt, json_path=json_path)
+    for finding in report.findings:
+        if finding.severity != "info" or state.verbose:
+            state.echo(finding.describe())
+    click.echo(report.summary())
+    if not report.ok:
+        raise click.exceptions.Exit(1)
+
+
 def main() -> None:
     cli(prog_name="bgm-deploy")
 
