@@ -99,6 +99,24 @@ def make_torchscript(path: Path, config: ModelConfig = TEST_CONFIG, outputs: tup
     return path
 
 
+_CACHE: dict[str, Path] = {}
+_MAKERS = {
+    "onnx": lambda path: make_onnx(path),
+    "torchscript": lambda path: make_torchscript(path),
+    "onnx_base": lambda path: make_onnx(path, BASE_CONFIG),
+}
+
+
+def model_file(kind: str, root: Path) -> Path:
+    """``onnx``, ``torchscript`` or ``onnx_base`` test model, exported once per test session
+    (test modules in different directories share this cache) under pytest's ``root``."""
+    if kind not in _CACHE:
+        suffix = ".pt" if kind == "torchscript" else ".onnx"
+        root.mkdir(parents=True, exist_ok=True)
+        _CACHE[kind] = _MAKERS[kind](root / f"test_{kind}{suffix}")
+    return _CACHE[kind]
+
+
 def import_from_here() -> None:
     """Lets test modules outside tests/runtimes ``import model_files``."""
     here = str(Path(__file__).parent)

@@ -1,0 +1,51 @@
+"""Fixtures for runner tests: small exported models (built once per session) and a factory
+per registered runner."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))  # the model_files helper lives next to this file
+import model_files  # noqa: E402
+from runtimes import BaseRunner, create_runner  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.getbasetemp() / "bgm_models"
+
+
+def _tensorrt_runner(root: Path) -> BaseRunner:
+    if importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available():
+        pytest.skip("tensorrt runner: TensorRT and a CUDA GPU are not available here")
+    from bgm_deploy.export import export  # the engine comes from the project's exporter
+
+    engine = root / "test.engine"
+    if not engine.exists():
+        export(model_files.TEST_CONFIG, engine, format="tensorrt")
+    return create_runner("tensorrt", path=str(engine))
+
+
+# name -> builds an inactive runner of the shared test model (refine, synthetic seed 0).
+RUNNER_FACTORIES: dict[str, Callable[[Path], BaseRunner]] = {
+    "onnxruntime": lambda root: create_runner("onnxruntime", path=model_files.model_file("onnx", root)),
+    "torchscript": lambda root: create_runner("torchscript", path=model_files.model_file("torchscript", root)),
+    "pytorch": lambda root: create_runner("pytorch", model_config=model_files.TEST_CONFIG),
+    "tensorrt": _tensorrt_runner,
+}
+
+
+@pytest.fixture()
+def make_runner(models_root: Path) -> Callable[[str], BaseRunner]:
+    def make(name: str) -> BaseRunner:
+        if name not in RUNNER_FACTORIES:
+            pytest.fail(f"runner {name!r} is registered but has no factory in tests/runtimes/conftest.py; add one")
+        return RUNNER_FACTORIES[name](models_root)
+
+    return make
