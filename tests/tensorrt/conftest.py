@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
 
 from bgm_deploy.checkpoint import build_model
 from bgm_deploy.config import ModelConfig
+from exporters.metadata import METADATA_KEY, ExportMetadata
 from exporters.patcher import EXPORT_PATCHES, ModelPatcher
 from exporters.tensorrt_safe import TENSORRT_PATCHES
 
@@ -47,6 +49,11 @@ def export_refine_onnx(config: ModelConfig, target: str, path: Path) -> Path:
             opset_version=17,
             dynamo=False,
         )
+    # Embed the metadata every bgm-deploy export carries (engine_from_onnx reads it).
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, ExportMetadata(config, "onnx", {"target": target}).to_json()
+    onnx.save(proto, str(path))
     return path
 
 
