@@ -154,3 +154,13 @@ def test_engine_matches_onnxruntime_on_gpu(tmp_path: Path, tensorrt_onnx: Path, 
     assert (error.max() if precision == "fp32" else error.mean()) <= tolerance
     agreement = float((outputs["ref_sm"] == expected["ref_sm"]).mean())
     assert agreement == 1.0 if precision == "fp32" else agreement > 0.95
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-machine behaviour")
+def test_gpu_validate_skips_cleanly_without_gpu(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.gpu_validate import main
+
+    assert main(["--out", str(tmp_path / "report")]) == 0
+    assert "skipped everything" in capsys.readouterr().out
+    assert not (tmp_path / "report").exists()
+    assert main(["--presets", "8k"]) == 2
