@@ -125,7 +125,9 @@ class Predictor:
                 if not was_active:
                     runner.activate()
                 names = set(runner.output_metadata())
-                model_type = "refine" if names & {"pha_sm", "fgr_sm", "err_sm", "ref_sm"} else "base"
+                # Only a base model has err/hid; with just pha/fgr, assume refine (its padding
+                # to a multiple of 4 also suits a base model).
+                model_type = "base" if names & {"err", "hid"} else "refine"
                 if not was_active:
                     runner.deactivate()
             return cls(runner, model_type, model_config, source=f"<{runner.name} runner>", padding=padding)
