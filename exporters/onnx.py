@@ -1,0 +1,366 @@
+"""``onnx_from_torch``: MattingBase / MattingRefine to an ONNX file with dynamic shapes.
+
+Stages (each timed and reported through ``progress``): export (legacy or dynamo exporter,
+under the export patches), finalise (I/O dimension names, metadata), simplify (onnxsim,
+re-checked against the unsimplified graph in onnxruntime; on failure the unsimplified
+graph is kept with a warning), check (``onnx.checker`` full check), then an atomic rename.
+
+Precision fp16: weights, activations and the graph inputs/outputs are float16
+(``io_dtype="float16"`` in the metadata). The patch selection and the RoiAlign boxes stay
+in float32/int64 (see ``model/refiner.py``), so crop coordinates such as 1919.5 are exact.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bgm_deploy.config import ModelConfig
+from bgm_deploy.errors import ExportError, UsageError
+
+from .config import INPUT_NAMES, OnnxConfig, dynamic_axes, output_names, tensor_axes
+from .metadata import METADATA_KEY, ExportMetadata
+from .patcher import EXPORT_PATCHES, ModelPatcher, Patch
+
+Progress = Callable[[str], None]
+# Simplified and unsimplified graphs run the same kernels; any larger gap means onnxsim
+# changed the computation.
+SIMPLIFY_TOLERANCE = 1e-4
+
+
+@dataclass
+class OnnxExportResult:
+    """What :func:`onnx_from_torch` produced."""
+
+    path: Path
+    size_bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    simplified: bool = False
+    warnings: list[str] = field(default_factory=list)
+    outputs: tuple[str, ...] = ()
+    metadata: ExportMetadata | None = None
+
+
+class OutputSelector(nn.Module):
+    """Returns the chosen outputs of ``model`` by index: unused branches become dead code
+    that both exporters drop, which is how ``outputs`` prunes the graph."""
+
+    def __init__(self, model: nn.Module, indices: tuple[int, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.indices = indices
+
+    def forward(self, src: Tensor, bgr: Tensor) -> tuple[Tensor, ...]:
+        outputs = self.model(src, bgr)
+        return tuple(outputs[i] for i in self.indices)
+
+
+def export_patches(target: str) -> tuple[Patch, ...]:
+    """The patch list for a target: ``EXPORT_PATCHES`` plus, for ``"tensorrt"``, the
+    TensorRT-safe rewrites of ``exporters.tensorrt_safe.TENSORRT_PATCHES``."""
+    if target != "tensorrt":
+        return EXPORT_PATCHES
+    try:
+        from .tensorrt_safe import TENSORRT_PATCHES  # type: ignore[attr-defined]
+    except ImportError as exc:
+        raise ExportError(
+            f"target=tensorrt needs exporters.tensorrt_safe.TENSORRT_PATCHES, which is not available ({exc}); "
+            "use --target generic"
+        ) from None
+    return (*EXPORT_PATCHES, *TENSORRT_PATCHES)
+
+
+def example_inputs(config: OnnxConfig, dtype: torch.dtype, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Seeded ``(src, bgr)`` of the trace batch and resolution."""
+    width, height = config.trace_resolution
+    generator = torch.Generator().manual_seed(seed)
+    shape = (config.trace_batch, 3, height, width)
+    return torch.rand(shape, generator=generator).to(dtype), torch.rand(shape, generator=generator).to(dtype)
+
+
+def _export_graph(module: nn.Module, inputs: tuple[Tensor, Tensor], names: tuple[str, ...], config: OnnxConfig, path: Path) -> None:
+    opset = config.opset
+    with warnings.catch_warnings():
+        # Both exporters warn about things that do not apply here (legacy deprecation,
+        # constant-folding notes); the user sees our own stages instead.
+        warnings.simplefilter("ignore")
+        if config.exporter == "legacy":
+            torch.onnx.export(
+                module,
+                inputs,
+                str(path),
+                input_names=list(INPUT_NAMES),
+                output_names=list(names),
+                dynamic_axes=dynamic_axes(INPUT_NAMES + names),
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+            return
+        from torch.export import Dim
+
+        # H and W are multiples of 4 (the refiner's quarter-resolution grid); saying so
+        # lets torch.export prove the shape relations of the patch code.
+        batch = Dim("batch", min=1, max=1024)
+        height_4 = Dim("height_4", min=16, max=4096)
+        width_4 = Dim("width_4", min=16, max=4096)
+        spec = {0: batch, 2: 4 * height_4, 3: 4 * width_4}
+        program = torch.onnx.export(
+            module,
+            inputs,
+            input_names=list(INPUT_NAMES),
+            output_names=list(names),
+            dynamic_shapes={"src": spec, "bgr": spec},
+            opset_version=opset,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
+        if program is None:
+            raise ExportError("the dynamo exporter returned no program")
+        program.save(str(path))
+
+
+def _rename_dims(proto: Any, names: tuple[str, ...]) -> None:
+    """Gives every graph input/output the documented symbolic dimension names.
+
+    The exporters invent names for derived sizes (``Clippha_dim_1``, ``s0*4`` ...); the
+    documented ones (``height_sm`` for coarse tensors, ``height_q`` for ``ref_sm``) tell a
+    runtime which outputs share a size.
+    """
+    for value in [*proto.graph.input, *proto.graph.output]:
+        if value.name not in INPUT_NAMES + names:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        while len(dims) < 4:
+            dims.add()
+        for dim, axis in zip(dims, tensor_axes(value.name)):
+            if isinstance(axis, int):
+                dim.Clear()
+                dim.dim_value = axis
+            else:
+                dim.Clear()
+                dim.dim_param = axis
+
+
+def _set_metadata(proto: Any, metadata: ExportMetadata) -> None:
+    for prop in list(proto.metadata_props):
+        if prop.key == METADATA_KEY:
+            proto.metadata_props.remove(prop)
+    entry = proto.metadata_props.add()
+    entry.key = METADATA_KEY
+    entry.value = metadata.to_json()
+
+
+def _run_onnx(proto_or_path: Any, feeds: dict[str, Any]) -> list[Any]:
+    import onnxruntime
+
+    data = proto_or_path.SerializeToString() if hasattr(proto_or_path, "SerializeToString") else str(proto_or_path)
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    session = onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def _check_inputs(config: OnnxConfig, dtype: torch.dtype) -> list[dict[str, Any]]:
+    """Two input sets for re-checking a rewritten graph: the trace size and another size."""
+    width, height = config.trace_resolution
+    other = OnnxConfig(trace_batch=2, trace_resolution=(width + 64, height + 32))
+    feeds = []
+    for seed, cfg in ((1, config), (2, other)):
+        src, bgr = example_inputs(cfg, dtype, seed)
+        feeds.append({"src": src.numpy(), "bgr": bgr.numpy()})
+    return feeds
+
+
+def _simplify(proto: Any, names: tuple[str, ...], config: OnnxConfig, dtype: torch.dtype) -> tuple[Any, str | None]:
+    """onnxsim with dynamic shapes kept; returns ``(model, warning or None)``."""
+    import numpy as np
+
+    try:
+        import onnxsim
+    except ImportError:
+        return proto, "onnxsim is not installed; the model was not simplified (pip install onnxsim)"
+    try:
+        simplified, ok = onnxsim.simplify(proto, check_n=0, skip_shape_inference=False)
+    except Exception as exc:  # noqa: BLE001 - onnxsim raises bare RuntimeError/ValueError/… from C++
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return proto, f"onnxsim failed ({type(exc).__name__}: {first[:200]}); kept the unsimplified model"
+    if not ok:
+        return proto, "onnxsim reported an inconsistent result; kept the unsimplified model"
+    _rename_dims(simplified, names)
+    if config.precision == "fp32":
+        # Re-check: the simplified graph must compute what the exported one computes.
+        for feeds in _check_inputs(config, dtype):
+            try:
+                before = _run_onnx(proto, feeds)
+                after = _run_onnx(simplified, feeds)
+            except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own Fail/InvalidGraph types
+                return proto, f"the simplified model does not run in onnxruntime ({type(exc).__name__}); kept the unsimplified model"
+            worst = max(float(np.abs(a.astype(np.float64) - b).max(initial=0.0)) for a, b in zip(before, after))
+            if worst > SIMPLIFY_TOLERANCE:
+                return proto, f"the simplified model differs by {worst:.3g} from the exported one; kept the unsimplified model"
+    return simplified, None
+
+
+def _check(path: Path) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise ExportError(f"the exported ONNX model fails onnx.checker: {str(exc).splitlines()[0]}") from None
+
+
+def temp_path_for(output: Path, suffix: str) -> Path:
+    """A fresh temp file next to ``output`` (same filesystem, so the final rename is atomic)."""
+    handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
+    os.close(handle)
+    return Path(name)
+
+
+def check_writable(output: Path) -> None:
+    """Raises :class:`UsageError` if ``output`` cannot be written."""
+    if output.is_dir():
+        raise UsageError(f"output {output} is a directory; pass a file path such as {output / 'model.onnx'}")
+    parent = output.parent
+    if not parent.is_dir():
+        raise UsageError(f"output directory {parent} does not exist; create it first")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"output directory {parent} is not writable")
+
+
+def export_metadata(
+    model_config: ModelConfig, fmt: str, config: Any, outputs: tuple[str, ...], extra: dict[str, Any]
+) -> ExportMetadata:
+    """The metadata every exported file carries (see :mod:`exporters.metadata`)."""
+    from bgm_deploy import __version__
+
+    try:
+        import onnx
+
+        onnx_version: str | None = onnx.__version__
+    except ImportError:
+        onnx_version = None
+    export = {
+        "precision": config.precision,
+        "io_dtype": config.io_dtype,
+        "inputs": list(INPUT_NAMES),
+        "outputs": list(outputs),
+        "dynamic_axes": {name: [str(a) for a in tensor_axes(name)] for name in INPUT_NAMES + outputs},
+        "torch_version": torch.__version__,
+        "onnx_version": onnx_version,
+        "bgm_deploy_version": __version__,
+        **extra,
+    }
+    return ExportMetadata(model_config, fmt, export)
+
+
+def onnx_from_torch(
+    model: nn.Module,
+    model_config: ModelConfig,
+    config: OnnxConfig,
+    output: str | Path,
+    progress: Progress | None = None,
+) -> OnnxExportResult:
+    """Exports ``model`` (built from ``model_config``) to an ONNX file.
+
+    Args:
+        model: the eval-mode PyTorch reference (not modified: fp16 works on a copy, and the
+            export patches are undone afterwards).
+        model_config: the config ``model`` was built from; embedded as metadata.
+        config: export settings.
+        output: destination ``.onnx`` path; written atomically.
+        progress: called with one line per stage.
+
+    Returns:
+        :class:`OnnxExportResult`.
+
+    Raises:
+        UsageError: the config cannot export this model (opset, outputs, output path).
+        ExportError: the exporter or the checker failed.
+    """
+    import onnx
+
+    say = progress or (lambda _message: None)
+    output = Path(output)
+    check_writable(output)
+    config.check_for(model_config.model_type, model_config.refine_patch_crop_method)
+    names = config.output_names(model_config.model_type)
+    every = output_names(model_config.model_type)
+    dtype = torch.float16 if config.precision == "fp16" else torch.float32
+
+    module: nn.Module = model if dtype == torch.float32 else copy.deepcopy(model).to(dtype)
+    module.eval()
+    # An eval-mode wrapper: the legacy exporter restores the *wrapper's* training flag
+    # recursively afterwards, which would switch a default (training) wrapper's model to train.
+    wrapper = OutputSelector(module, tuple(every.index(name) for name in names)).eval()
+    inputs = example_inputs(config, dtype)
+
+    result = OnnxExportResult(path=output, size_bytes=0, outputs=names)
+    temp = temp_path_for(output, ".onnx")
+    try:
+        start = time.perf_counter()
+        say(f"export: {config.exporter} exporter, opset {config.opset}, {config.precision}, outputs {','.join(names)}")
+        try:
+            with ModelPatcher(module, export_patches(config.target)), torch.no_grad():
+                _export_graph(wrapper, inputs, names, config, temp)
+        except (ExportError, UsageError):
+            raise
+        except Exception as exc:  # noqa: BLE001 - exporters raise many unrelated types; re-raised as one
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise ExportError(f"the {config.exporter} ONNX exporter failed: {type(exc).__name__}: {first[:300]}") from exc
+        result.seconds["export"] = time.perf_counter() - start
+
+        proto = onnx.load(str(temp))
+        _rename_dims(proto, names)
+        if config.simplify:
+            start = time.perf_counter()
+            proto, warning = _simplify(proto, names, config, dtype)
+            result.simplified = warning is None
+            if warning:
+                result.warnings.append(warning)
+                say(f"warning: {warning}")
+            result.seconds["simplify"] = time.perf_counter() - start
+            say(f"simplify: {'done' if result.simplified else 'skipped'} ({result.seconds['simplify']:.1f} s)")
+
+        width, height = config.trace_resolution
+        metadata = export_metadata(
+            model_config,
+            "onnx",
+            config,
+            names,
+            {
+                "exporter": config.exporter,
+                "opset": config.opset,
+                "simplified": result.simplified,
+                "target": config.target,
+                "trace_resolution": [width, height],
+                "trace_batch": config.trace_batch,
+            },
+        )
+        _set_metadata(proto, metadata)
+        onnx.save(proto, str(temp))
+
+        start = time.perf_counter()
+        _check(temp)
+        result.seconds["check"] = time.perf_counter() - start
+        say(f"check: onnx.checker full check passed ({result.seconds['check']:.1f} s)")
+        os.replace(temp, output)
+    finally:
+        if temp.exists():
+            temp.unlink()
+    result.size_bytes = output.stat().st_size
+    result.metadata = metadata
+    say(f"wrote {output} ({result.size_bytes / 1e6:.1f} MB)")
+    return result

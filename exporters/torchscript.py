@@ -1,0 +1,287 @@
+"""``torchscript_from_torch``: a *scripted* MattingBase / MattingRefine.
+
+Scripted, not traced, so that the refinement settings stay attributes of the loaded
+module, as in the original TorchScript release::
+
+    model = torch.jit.load("matting.torchscript")
+    model.backbone_scale = 0.125
+    model.refine_mode = "thresholding"      # or "sampling" / "full"
+    model.refine_sample_pixels = 320_000
+    model.refine_threshold = 0.05
+    model.refine_prevent_oversampling = False
+    outputs = model(src, bgr)               # tuple in the order of metadata export["outputs"]
+
+``torch.jit.script`` compiles the methods of a module's *class*, and three reference
+methods use Python that TorchScript cannot compile (starred unpacking in
+``run_network``, a ``range`` index into ``nn.Sequential`` in the MobileNetV2 encoder,
+``repr`` f-strings in the input checks). The export therefore applies :data:`SCRIPT_PATCHES`:
+``__class__`` swaps to the subclasses below, which override only those methods with
+equivalent scriptable ones (same numerics: the network code itself is inherited). The
+scripted ``validate`` still checks inputs and the (settable) settings at run time.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from bgm_deploy.config import ModelConfig
+from bgm_deploy.errors import ExportError
+from model import MattingBase, MattingRefine
+from model.mobilenet import MobileNetV2Encoder
+
+from .config import TorchScriptConfig, output_names
+from .metadata import TORCHSCRIPT_EXTRA_FILE, ExportMetadata
+from .onnx import check_writable, export_metadata, temp_path_for
+from .patcher import ModelPatcher, Patch
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TorchScriptExportResult:
+    """What :func:`torchscript_from_torch` produced."""
+
+    path: Path
+    size_bytes: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    outputs: tuple[str, ...] = ()
+    metadata: ExportMetadata | None = None
+
+
+def _check_pair(src: Tensor, bgr: Tensor) -> None:
+    if src.dim() != 4 or src.shape[1] != 3:
+        raise ValueError("src must have shape (B, 3, H, W)")
+    if src.shape != bgr.shape:
+        raise ValueError("src and bgr must have the same shape")
+    if src.dtype != bgr.dtype or not src.is_floating_point():
+        raise ValueError("src and bgr must be float tensors of one dtype, values in 0..1")
+
+
+class ScriptableMobileNetV2Encoder(MobileNetV2Encoder):
+    """The reference encoder with its block loop written the way TorchScript accepts."""
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # noqa: UP006 - TorchScript
+        x0 = x
+        x1 = x
+        x2 = x
+        x3 = x
+        for i, block in enumerate(self.features):
+            x = block(x)
+            if i == 1:
+                x1 = x
+            elif i == 3:
+                x2 = x
+            elif i == 6:
+                x3 = x
+        return x, x3, x2, x1, x0
+
+
+class ScriptableMattingBase(MattingBase):
+    """MattingBase with scriptable ``validate`` and ``run_network``."""
+
+    def run_network(self, src: Tensor, bgr: Tensor) -> Tensor:
+        x4, x3, x2, x1, x0 = self.backbone(torch.cat([src, bgr], dim=1))
+        return self.decoder(self.aspp(x4), x3, x2, x1, x0)
+
+    def validate(self, src: Tensor, bgr: Tensor) -> None:
+        _check_pair(src, bgr)
+
+    def forward_list(self, src: Tensor, bgr: Tensor) -> List[Tensor]:  # noqa: UP006 - TorchScript
+        # MattingBase.forward, as a list (TorchScript cannot call the parent's forward
+        # under another name); every layer it runs is the inherited one.
+        self.validate(src, bgr)
+        x = self.run_network(src, bgr)
+        pha = x[:, 0:1].clamp(0.0, 1.0)
+        fgr = (x[:, 1:4] + src).clamp(0.0, 1.0)
+        err = x[:, 4:5].clamp(0.0, 1.0)
+        hid = x[:, 5:].relu()
+        return [pha, fgr, err, hid]
+
+
+class ScriptableMattingRefine(MattingRefine):
+    """MattingRefine with scriptable ``validate`` (settings checked at run time) and ``run_network``."""
+
+    def run_network(self, src: Tensor, bgr: Tensor) -> Tensor:
+        x4, x3, x2, x1, x0 = self.backbone(torch.cat([src, bgr], dim=1))
+        return self.decoder(self.aspp(x4), x3, x2, x1, x0)
+
+    def validate(self, src: Tensor, bgr: Tensor) -> None:
+        _check_pair(src, bgr)
+        if src.shape[2] % 4 != 0 or src.shape[3] % 4 != 0:
+            raise ValueError("src/bgr height and width must be divisible by 4")
+        if not (0.0 < self.backbone_scale <= 0.5):
+            raise ValueError("backbone_scale must be in (0, 0.5]")
+        if self.refine_mode not in ["full", "sampling", "thresholding"]:
+            raise ValueError("refine_mode must be one of: full, sampling, thresholding")
+        if self.refine_sample_pixels < 16:
+            raise ValueError("refine_sample_pixels must be >= 16")
+        if not (0.0 <= self.refine_threshold <= 1.0):
+            raise ValueError("refine_threshold must be in [0, 1]")
+
+    def forward_list(self, src: Tensor, bgr: Tensor) -> List[Tensor]:  # noqa: UP006 - TorchScript
+        # MattingRefine.forward, as a list (TorchScript cannot call the parent's forward
+        # under another name); downsample, the network and the refiner are inherited.
+        self.validate(src, bgr)
+        src_sm = self.downsample(src)
+        bgr_sm = self.downsample(bgr)
+        x = self.run_network(src_sm, bgr_sm)
+        pha_sm = x[:, 0:1].clamp(0.0, 1.0)
+        fgr_residual_sm = x[:, 1:4]
+        err_sm = x[:, 4:5].clamp(0.0, 1.0)
+        hid_sm = x[:, 5:].relu()
+        pha, fgr_residual, ref_sm = self.refiner(
+            src,
+            bgr,
+            pha_sm,
+            fgr_residual_sm,
+            err_sm,
+            hid_sm,
+            self.refine_mode,
+            self.refine_sample_pixels,
+            self.refine_threshold,
+            self.refine_prevent_oversampling,
+            self.refine_patch_crop_method,
+            self.refine_patch_replace_method,
+        )
+        pha = pha.clamp(0.0, 1.0)
+        fgr = (fgr_residual + src).clamp(0.0, 1.0)
+        fgr_sm = (src_sm + fgr_residual_sm).clamp(0.0, 1.0)
+        return [pha, fgr, pha_sm, fgr_sm, err_sm, ref_sm]
+
+
+# TorchScript needs a fixed tuple length per forward; one tiny forward per output count
+# returns the outputs listed in the (scripted, constant) `output_indices` attribute.
+def _forward_1(self, src: Tensor, bgr: Tensor) -> Tuple[Tensor]:  # noqa: UP006
+    o = self.forward_list(src, bgr)
+    i = self.output_indices
+    return (o[i[0]],)
+
+
+def _forward_2(self, src: Tensor, bgr: Tensor) -> Tuple[Tensor, Tensor]:  # noqa: UP006
+    o = self.forward_list(src, bgr)
+    i = self.output_indices
+    return o[i[0]], o[i[1]]
+
+
+def _forward_3(self, src: Tensor, bgr: Tensor) -> Tuple[Tensor, Tensor, Tensor]:  # noqa: UP006
+    o = self.forward_list(src, bgr)
+    i = self.output_indices
+    return o[i[0]], o[i[1]], o[i[2]]
+
+
+def _forward_4(self, src: Tensor, bgr: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:  # noqa: UP006
+    o = self.forward_list(src, bgr)
+    i = self.output_indices
+    return o[i[0]], o[i[1]], o[i[2]], o[i[3]]
+
+
+def _forward_5(self, src: Tensor, bgr: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:  # noqa: UP006
+    o = self.forward_list(src, bgr)
+    i = self.output_indices
+    return o[i[0]], o[i[1]], o[i[2]], o[i[3]], o[i[4]]
+
+
+def _forward_6(self, src: Tensor, bgr: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # noqa: UP006
+    o = self.forward_list(src, bgr)
+    i = self.output_indices
+    return o[i[0]], o[i[1]], o[i[2]], o[i[3]], o[i[4]], o[i[5]]
+
+
+_FORWARDS = {1: _forward_1, 2: _forward_2, 3: _forward_3, 4: _forward_4, 5: _forward_5, 6: _forward_6}
+_CLASS_CACHE: dict[tuple[type, int], type] = {}
+
+
+def scriptable_class(base: type, count: int) -> type:
+    """A subclass of ``base`` whose ``forward`` returns ``count`` selected outputs."""
+    key = (base, count)
+    if key not in _CLASS_CACHE:
+        _CLASS_CACHE[key] = type(f"{base.__name__}{count}", (base,), {"forward": _FORWARDS[count]})
+    return _CLASS_CACHE[key]
+
+
+def script_patches(model: nn.Module, count: int) -> tuple[Patch, ...]:
+    """``__class__`` swaps that make ``model`` scriptable, returning ``count`` outputs."""
+    base = ScriptableMattingRefine if isinstance(model, MattingRefine) else ScriptableMattingBase
+    patches = [
+        Patch("", "__class__", scriptable_class(base, count), reason="scriptable validate/run_network/forward"),
+    ]
+    if isinstance(getattr(model, "backbone", None), MobileNetV2Encoder):
+        patches.append(
+            Patch("backbone", "__class__", ScriptableMobileNetV2Encoder, reason="block loop TorchScript can compile")
+        )
+    return tuple(patches)
+
+
+def torchscript_from_torch(
+    model: nn.Module,
+    model_config: ModelConfig,
+    config: TorchScriptConfig,
+    output: str | Path,
+    progress: Progress | None = None,
+) -> TorchScriptExportResult:
+    """Scripts ``model`` and saves it with its metadata as extra file ``bgm_deploy.json``.
+
+    Args:
+        model: the eval-mode reference built from ``model_config`` (not modified).
+        model_config: embedded as metadata.
+        config: precision and outputs.
+        output: destination path (``.pt`` / ``.torchscript``); written atomically.
+        progress: called with one line per stage.
+
+    Raises:
+        UsageError: bad outputs or output path.
+        ExportError: scripting or saving failed.
+    """
+    say = progress or (lambda _message: None)
+    output = Path(output)
+    check_writable(output)
+    names = config.output_names(model_config.model_type)
+    every = output_names(model_config.model_type)
+    dtype = torch.float16 if config.precision == "fp16" else torch.float32
+    # Always a copy: the scripted module keeps a reference to these parameters.
+    module = copy.deepcopy(model).to(dtype).eval()
+    module.output_indices = [every.index(name) for name in names]
+
+    result = TorchScriptExportResult(path=output, size_bytes=0, outputs=names)
+    start = time.perf_counter()
+    say(f"export: torch.jit.script, {config.precision}, outputs {','.join(names)}")
+    try:
+        with ModelPatcher(module, script_patches(module, len(names))), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch.jit.script's deprecation notice
+            scripted = torch.jit.script(module)
+    except (RuntimeError, torch.jit.frontend.FrontendError) as exc:
+        raise ExportError(f"torch.jit.script failed: {str(exc).strip().splitlines()[0][:300]}") from exc
+    result.seconds["export"] = time.perf_counter() - start
+
+    metadata = export_metadata(model_config, "torchscript", config, names, {"exporter": "torch.jit.script"})
+    temp = temp_path_for(output, ".pt")
+    try:
+        start = time.perf_counter()
+        torch.jit.save(scripted, str(temp), _extra_files={TORCHSCRIPT_EXTRA_FILE: metadata.to_json()})
+        # Check: the file is a loadable TorchScript archive carrying the metadata.
+        extra = {TORCHSCRIPT_EXTRA_FILE: ""}
+        torch.jit.load(str(temp), map_location="cpu", _extra_files=extra)
+        if not extra[TORCHSCRIPT_EXTRA_FILE]:
+            raise ExportError(f"{temp}: saved TorchScript file lost its metadata")
+        result.seconds["check"] = time.perf_counter() - start
+        say(f"check: reloaded with torch.jit.load ({result.seconds['check']:.1f} s)")
+        os.replace(temp, output)
+    finally:
+        if temp.exists():
+            temp.unlink()
+    result.size_bytes = output.stat().st_size
+    result.metadata = metadata
+    say(f"wrote {output} ({result.size_bytes / 1e6:.1f} MB)")
+    return result
+
