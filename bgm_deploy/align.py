@@ -59,11 +59,11 @@ class AlignResult:
 
     applied: bool
     reason: str
-    status: str = "rejected"  # "applied", "not_needed" (already aligned) or "rejected"
     keypoints: tuple[int, int] = (0, 0)
     matches: int = 0
     inliers: int = 0
     homography: list[list[float]] | None = field(default=None)
+    status: str = "rejected"  # "applied", "not_needed" (already aligned) or "rejected"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
