@@ -32,6 +32,9 @@ BACKENDS = ("eager", "torchscript", "onnx-cpu", "onnx-cuda", "onnx-tensorrt", "t
 PRECISIONS = ("fp32", "fp16")
 INPUT_NAMES = ("src", "bgr")
 OUTPUT_NAMES = ("pha", "fgr", "pha_sm", "fgr_sm", "err_sm", "ref_sm")
+# The original project's ONNX export methods (RoiAlign crops, ScatterElements replace):
+# what the ONNX backends run. Eager PyTorch and TorchScript keep unfold + scatter_nd.
+ONNX_PATCH_METHODS = {"refine_patch_crop_method": "roi_align", "refine_patch_replace_method": "scatter_element"}
 # The backends whose work runs on a CUDA device.
 GPU_BACKENDS = ("onnx-cuda", "onnx-tensorrt", "tensorrt")
 
@@ -82,25 +85,46 @@ class ArtifactCache:
     """Exported files in ``workdir``, one per (model config, format), made on first use."""
 
     def __init__(
-        self, workdir: Path, progress: Callable[[str], None] | None = None, checkpoint: Path | None = None
+        self,
+        workdir: Path,
+        progress: Callable[[str], None] | None = None,
+        checkpoint: Path | None = None,
+        onnx_exporter: str | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.checkpoint = checkpoint
+        # None: the exporter's default (what `bgm-deploy export` produces).
+        self.onnx_exporter = onnx_exporter
         self.progress = progress or (lambda message: None)
         self._paths: dict[tuple[str, str], Path] = {}
         self.export_seconds: dict[str, float] = {}
 
-    def path(self, config: ModelConfig, fmt: str) -> Path:
+    def path(self, config: ModelConfig, fmt: str, target: str = "generic") -> Path:
+        """The exported file of ``config`` in ``fmt`` (``"onnx"``/``"torchscript"``).
+
+        ``target="tensorrt"`` asks the ONNX exporter for its TensorRT-safe graph (no TopK
+        with K > 3840), which onnx-tensorrt and the engine builder need.
+        """
         import time
 
-        key = (config.to_json(), fmt)
+        key = (config.to_json(), fmt, target)
         if key not in self._paths:
             suffix = {"onnx": ".onnx", "torchscript": ".pt"}[fmt]
             path = self.workdir / f"model{len(self._paths)}{suffix}"
-            self.progress(f"exporting {config.backbone} ({config.backbone_scale:g}, {config.refine_sample_pixels} px) to {fmt}…")
+            what = fmt if target == "generic" else f"{fmt} ({target} target)"
+            self.progress(f"exporting {config.backbone} ({config.backbone_scale:g}, {config.refine_sample_pixels} px) to {what}…")
+            api = _export_api()
+            extra: dict[str, Any] = {} if self.checkpoint is None else {"checkpoint": self.checkpoint}
+            if fmt == "onnx" and (target != "generic" or self.onnx_exporter is not None):
+                from exporters.config import OnnxConfig
+
+                options: dict[str, Any] = {"target": target}
+                if self.onnx_exporter is not None:
+                    options["exporter"] = self.onnx_exporter
+                extra["onnx"] = OnnxConfig(**options)
+            exported = config.replace(**ONNX_PATCH_METHODS) if fmt == "onnx" and config.model_type == "refine" else config
             start = time.perf_counter()
-            extra = {} if self.checkpoint is None else {"checkpoint": self.checkpoint}
-            _export_api().export(config, path, format=fmt, **extra)
+            api.export(exported, path, format=fmt, **extra)
             self.export_seconds[path.name] = time.perf_counter() - start
             self._paths[key] = path
         return self._paths[key]
@@ -184,6 +208,12 @@ class RunnerBackend(PreparedBackend):
         session = getattr(self.runner, "session", None)
         if self.device == "cuda" and session is not None:
             return self._bound_onnxruntime(session, inputs)
+        if self.device == "cuda":
+            # TensorRT runner: inputs given as CUDA tensors (no host→device copy); its infer()
+            # still copies the outputs to the host, so these timings include that copy.
+            src, bgr = inputs.torch("cuda", "fp16" if self.input_dtype == np.float16 else "fp32")
+            cuda_feeds = {"src": src, "bgr": bgr}
+            return lambda: self.runner.infer(cuda_feeds)
         feeds = inputs.feeds()
         return lambda: self.runner.infer(feeds)
 
@@ -229,6 +259,7 @@ def prepare_backend(
     artifacts: ArtifactCache,
     model_file: Path | None = None,
     checkpoint: Path | None = None,
+    batch_shape: tuple[int, int, int] = (1, 1080, 1920),
 ) -> PreparedBackend:
     """Builds/exports and loads ``backend`` for ``config``.
 
@@ -241,6 +272,7 @@ def prepare_backend(
         artifacts: where exports are made and cached.
         model_file: an exported file to load instead of exporting ``config``.
         checkpoint: the weights of ``config`` when it is not synthetic.
+        batch_shape: ``(batch, height, width)`` the TensorRT engine is optimised for.
     """
     dtype = "float16" if precision == "fp16" else "float32"
     if backend == "eager":
@@ -251,7 +283,7 @@ def prepare_backend(
         return RunnerBackend(backend, "torchscript", {"path": path, "device": device}, device, precision)
     if backend.startswith("onnx-"):
         provider = backend.split("-", 1)[1]
-        path = model_file or artifacts.path(config, "onnx")
+        path = model_file or artifacts.path(config, "onnx", "tensorrt" if provider == "tensorrt" else "generic")
         options: dict[str, Any] = {"path": path, "provider": provider}
         if provider == "cpu":
             options["threads"] = threads
@@ -261,17 +293,18 @@ def prepare_backend(
         return RunnerBackend(backend, "onnxruntime", options, "cpu" if provider == "cpu" else "cuda", precision)
     if backend == "tensorrt":
         # Unverified: needs the engine builder and TensorRT runner, and a GPU.
-        engine = model_file or _build_engine(config, precision, artifacts)
+        engine = model_file or _build_engine(config, precision, artifacts, batch_shape)
         return RunnerBackend(backend, "tensorrt", {"path": engine}, "cuda", precision)
     raise UsageError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
 
 
-def _build_engine(config: ModelConfig, precision: str, artifacts: ArtifactCache) -> Path:
-    onnx_path = artifacts.path(config, "onnx")
-    try:
-        from exporters.tensorrt import engine_from_onnx  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise RuntimeUnavailableError(f"the TensorRT engine builder exporters.tensorrt cannot be imported ({exc})") from None
-    engine = onnx_path.with_suffix(f".{precision}.engine")
-    engine_from_onnx(onnx_path, engine, fp16=precision == "fp16")
+def _build_engine(config: ModelConfig, precision: str, artifacts: ArtifactCache, shape: tuple[int, int, int]) -> Path:
+    """A TensorRT engine optimised for ``shape`` (unverified: no GPU/TensorRT here)."""
+    onnx_path = artifacts.path(config, "onnx", "tensorrt")
+    from exporters.tensorrt import EngineConfig, engine_from_onnx
+
+    engine = onnx_path.with_name(f"{onnx_path.stem}_{precision}_{shape[0]}x{shape[1]}x{shape[2]}.engine")
+    if not engine.exists():
+        artifacts.progress(f"building a TensorRT {precision} engine for {shape}…")
+        engine_from_onnx(onnx_path, EngineConfig(precision=precision, min_shape=shape, opt_shape=shape, max_shape=shape), engine)
     return engine

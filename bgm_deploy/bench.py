@@ -84,6 +84,8 @@ class BenchConfig:
         backbone_scale / sample_pixels: None picks the original's presets per resolution.
         checkpoint: weights file for the eager model (and exports); None = synthetic.
         seed: synthetic-weights seed.
+        onnx_exporter: ``"legacy"`` or ``"dynamo"`` for the ONNX exports; None = the
+            exporter's default (what ``bgm-deploy export`` writes).
         count_flops: count FLOPs and measure the GEMM peak.
         workdir: where exports go (None: a temporary directory, removed afterwards).
         json_path / markdown_path / plot_path: report files to write.
@@ -103,6 +105,7 @@ class BenchConfig:
     sample_pixels: int | None = None
     checkpoint: Path | None = None
     seed: int = 0
+    onnx_exporter: str | None = None
     count_flops: bool = True
     workdir: Path | None = None
     json_path: Path | None = None
@@ -120,6 +123,8 @@ class BenchConfig:
             raise UsageError(f"mode={self.mode!r} is not valid; valid: {', '.join(MODES)}")
         if self.batch < 1:
             raise UsageError(f"batch={self.batch!r} is not valid; it must be >= 1")
+        if self.onnx_exporter not in (None, "legacy", "dynamo"):
+            raise UsageError(f"onnx_exporter={self.onnx_exporter!r} is not valid; valid: legacy, dynamo")
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads={self.threads!r} is not valid; it must be >= 1")
         for backend in self.backends or ():
@@ -281,8 +286,9 @@ def _jobs(config: BenchConfig, size: tuple[int, int]) -> list[_Job]:
                 f"{path}: exported with refine_prevent_oversampling=True, so --mode fixed cannot hold the refined "
                 "budget constant for it; timings depend on the image content (re-export with it off)"
             )
-        # The eager reference runs what the file holds: its refine settings are baked in.
-        job.config = meta.model_config
+        # The eager reference runs the file's refine settings (baked into it), with the
+        # eager crop/replace methods (identical results).
+        job.config = meta.model_config.replace(refine_patch_crop_method="unfold", refine_patch_replace_method="scatter_nd")
         jobs.append(job)
     return jobs
 
@@ -351,6 +357,7 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> Any:
         "models": [str(m) for m in config.models],
         "checkpoint": str(config.checkpoint) if config.checkpoint else None,
         "seed": config.seed,
+        "onnx_exporter": config.onnx_exporter or "default",
     }
     report = BenchReport(runner.results, skipped + runner.skipped, environment, settings, runner.peaks, runner.warnings)
     if config.json_path is not None:
@@ -373,7 +380,7 @@ class _Run:
         self.threads = threads
         self.workdir = workdir
         self.say = say
-        self.artifacts = ArtifactCache(workdir, say, config.checkpoint)
+        self.artifacts = ArtifactCache(workdir, say, config.checkpoint, config.onnx_exporter)
         self.results: list[Any] = []
         self.warnings: list[str] = []
         self.skipped: list[Any] = []
@@ -415,7 +422,8 @@ class _Run:
         model_file = job.model_file if backend_name != "eager" else None
         try:
             backend = prepare_backend(
-                backend_name, model, precision, self.device, self.threads, self.artifacts, model_file, self.config.checkpoint
+                backend_name, model, precision, self.device, self.threads, self.artifacts, model_file,
+                self.config.checkpoint, (config.batch, size[1], size[0]),
             )
         except BgmDeployError as exc:
             if self.config.backends is not None:
