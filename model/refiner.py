@@ -85,8 +85,8 @@ def crop_patches(x: Tensor, idx: Tensor, size: int, padding: int, method: str) -
         # Per-pixel flat indices into the channels-last (B*H*W, C) view: batch stride H*W.
         pixel = (b.view(-1, 1, 1) * height + rows.view(-1, window, 1)) * width + cols.view(-1, 1, window)
         pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-        return pixels[pixel.flatten()].view(-1, window, window, x.shape[1]).permute(0, 3, 1, 2)
-    raise ValueError(f"patch_crop_method={method!r} is not valid; valid: {list(CROP_METHODS)}")
+        return pixels[pixel.flatten()].view(-1, window, window, x.shape[1]).permute(0, 3, 1, 2).contiguous()
+    raise ValueError(f"patch_crop_method='{method}' is not valid; valid: unfold, roi_align, gather")
 
 
 def replace_patches(x: Tensor, patches: Tensor, idx: Tensor, method: str) -> Tensor:
@@ -115,7 +115,7 @@ def replace_patches(x: Tensor, patches: Tensor, idx: Tensor, method: str) -> Ten
         flat = ((b.view(-1, 1, 1, 1) * channels + channel.view(1, -1, 1, 1)) * height + rows) * width + cols
         out = x.reshape(-1).scatter(0, flat.reshape(-1), patches.reshape(-1))
         return out.view(batch, channels, height, width)
-    raise ValueError(f"patch_replace_method={method!r} is not valid; valid: {list(REPLACE_METHODS)}")
+    raise ValueError(f"patch_replace_method='{method}' is not valid; valid: scatter_nd, scatter_element")
 
 
 class Refiner(nn.Module):
