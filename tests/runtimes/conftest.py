@@ -24,11 +24,12 @@ def models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _tensorrt_runner(root: Path) -> BaseRunner:
     if importlib.util.find_spec("tensorrt") is None or not torch.cuda.is_available():
         pytest.skip("tensorrt runner: TensorRT and a CUDA GPU are not available here")
-    from bgm_deploy.export import export  # the engine comes from the project's exporter
+    from exporters.tensorrt import EngineConfig, engine_from_onnx
 
     engine = root / "test.engine"
-    if not engine.exists():
-        export(model_files.TEST_CONFIG, engine, format="tensorrt")
+    if not engine.exists():  # profile covers the contract's (2, 96, 128) and the provider tests' sizes
+        profile = EngineConfig(min_shape=(1, 64, 64), opt_shape=(2, 96, 128), max_shape=(2, 128, 160))
+        engine_from_onnx(model_files.model_file("onnx", root), profile, engine)
     return create_runner("tensorrt", path=str(engine))
 
 
