@@ -40,13 +40,16 @@ BATCH_AXIS = "batch"
 EXPORTERS = ("legacy", "dynamo")
 PRECISIONS = ("fp32", "fp16")
 TARGETS = ("generic", "tensorrt")
-# Lowest opsets: RoiAlign-16 (see below) and ScatterElements/TopK forms used by the patch
-# code; the dynamo exporter writes opset 18 and converts down to 16/17 with onnx's version
-# converter (works for this model). The legacy exporter stops at 20.
-OPSET_RANGE: dict[str, tuple[int, int]] = {"legacy": (13, 20), "dynamo": (16, 23)}
+# The dynamo exporter implements opset 18+ only: asked for 17 it exports 18 and tries onnx's
+# version converter, which fails on this model and silently leaves opset 18 in the file, so
+# lower opsets are refused instead. The legacy exporter goes from 13 (ScatterElements,
+# TopK with a tensor K) to 20.
+OPSET_RANGE: dict[str, tuple[int, int]] = {"legacy": (13, 20), "dynamo": (18, 23)}
+# The opset used when none is given (the CLI's --opset default), per exporter.
+DEFAULT_OPSET: dict[str, int] = {"legacy": 17, "dynamo": 18}
 # RoiAlign's coordinate_transformation_mode (needed for aligned=False crops) is opset 16.
 MIN_OPSET_ROI_ALIGN = 16
-DEFAULT_EXPORTER = "dynamo"
+DEFAULT_EXPORTER = "legacy"
 
 
 def output_names(model_type: str) -> tuple[str, ...]:
@@ -81,7 +84,7 @@ class OnnxConfig:
     """How to export an ONNX file.
 
     Attributes:
-        opset: ONNX opset (legacy 13..20, dynamo 16..23; roi_align crops need 16+).
+        opset: ONNX opset (legacy 13..20, dynamo 18..23; roi_align crops need 16+).
         exporter: ``"legacy"`` (TorchScript-based) or ``"dynamo"`` (torch.export-based).
         precision: ``"fp32"`` or ``"fp16"`` (fp16 weights, activations *and* inputs/outputs;
             RoiAlign boxes stay float32).
@@ -122,7 +125,10 @@ class OnnxConfig:
         low, high = OPSET_RANGE[self.exporter]
         opset = self.opset
         if not low <= opset <= high:
-            raise UsageError(f"opset={opset} is not valid for exporter={self.exporter}; valid: {low}..{high}")
+            raise UsageError(
+                f"opset={opset} is not valid for exporter={self.exporter}; valid: {low}..{high} "
+                f"(e.g. --opset {DEFAULT_OPSET[self.exporter]})"
+            )
         if model_type == "refine" and crop_method == "roi_align" and opset < MIN_OPSET_ROI_ALIGN:
             raise UsageError(
                 f"opset={opset} is too old for RoiAlign with output_half_pixel coordinates (crop method roi_align); "
