@@ -273,6 +273,202 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
         raise click.exceptions.Exit(1)
 
 
+@cli.command("export")
+@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript"]), help="Output format.")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file (written atomically).")
+@click.option("--model-type", type=click.Choice(["refine", "base"]), default="refine", show_default=True)
+@click.option("--backbone", type=click.Choice(["mobilenetv2", "resnet50", "resnet101"]), default="mobilenetv2",
+              show_default=True)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Weights (default: synthetic).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Synthetic-weights seed (without --checkpoint).")
+@click.option("--backbone-scale", default="auto", show_default=True,
+              help="auto (from --resolution: 0.25 up to HD, 0.125 above) or a float in (0, 0.5].")
+@click.option("--refine-mode", type=click.Choice(["sampling", "thresholding", "full"]), default="sampling",
+              show_default=True)
+@click.option("--refine-sample-pixels", type=int, default=None, help="Pixels refined per image [auto: 80000 HD, 320000 4K].")
+@click.option("--refine-threshold", type=float, default=0.1, show_default=True)
+@click.option("--refine-kernel-size", type=click.Choice(["1", "3"]), default="3", show_default=True)
+@click.option("--prevent-oversampling/--no-prevent-oversampling", default=True, show_default=True,
+              help="Sampling mode: skip cells with zero error.")
+@click.option("--crop-method", type=click.Choice(["roi_align", "gather", "unfold"]), default=None,
+              help="Patch crop [onnx: roi_align, torchscript: unfold].")
+@click.option("--replace-method", type=click.Choice(["scatter_element", "scatter_nd"]), default=None,
+              help="Patch replace [onnx: scatter_element, torchscript: scatter_nd].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--opset", type=int, default=None, help="ONNX opset [legacy 17, dynamo 18].")
+@click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default=None,
+              help="ONNX exporter: dynamo (torch.export-based) or legacy (TorchScript-based) [see docs/export.md].")
+@click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxsim (ONNX).")
+@click.option("--outputs", default=None, help="Comma-separated outputs to keep, e.g. pha,fgr [all].")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Trace batch size (ONNX).")
+@click.option("--resolution", default=None, metavar="WxH",
+              help="Target resolution: picks --backbone-scale auto and is the trace size [auto: 1920x1080; trace 320x256].")
+@click.option("--target", type=click.Choice(["generic", "tensorrt"]), default="generic", show_default=True,
+              help="ONNX: tensorrt applies the TensorRT-safe rewrites.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
+@click.option("--verify/--no-verify", "run_verify", default=False, show_default=True,
+              help="Run 'bgm-deploy verify' (default cases, CPU) on the exported file; exit 1 if it fails.")
+@click.pass_obj
+@handle_errors
+def export_command(
+    state: Context, fmt: str, output: str, model_type: str, backbone: str, checkpoint: str | None, seed: int,
+    backbone_scale: str, refine_mode: str, refine_sample_pixels: int | None, refine_threshold: float,
+    refine_kernel_size: str, prevent_oversampling: bool, crop_method: str | None, replace_method: str | None,
+    precision: str, opset: int | None, exporter: str | None, simplify: bool, outputs: str | None, batch: int,
+    resolution: str | None, target: str, json_path: str | None, run_verify: bool,
+) -> None:
+    """Export a model to ONNX or TorchScript (with its config embedded as metadata)."""
+    from exporters.config import DEFAULT_EXPORTER, DEFAULT_OPSET, OnnxConfig, TorchScriptConfig
+
+    from .config import ModelConfig, auto_backbone_scale
+    from .errors import UsageError
+    from .export import export as run_export
+
+    size = _parse_size(resolution, "--resolution")
+    if backbone_scale == "auto":
+        scale, auto_pixels = auto_backbone_scale(*(size or (1920, 1080)))
+    else:
+        try:
+            scale, auto_pixels = float(backbone_scale), 80_000
+        except ValueError:
+            raise UsageError(f"--backbone-scale={backbone_scale!r} is not valid; use auto or a float in (0, 0.5]") from None
+    names = tuple(name.strip() for name in outputs.split(",") if name.strip()) if outputs else None
+    onnx_format = fmt == "onnx"
+    model_config = ModelConfig(
+        model_type=model_type,
+        backbone=backbone,
+        backbone_scale=scale,
+        refine_mode=refine_mode,
+        refine_sample_pixels=refine_sample_pixels if refine_sample_pixels is not None else auto_pixels,
+        refine_threshold=refine_threshold,
+        refine_kernel_size=int(refine_kernel_size),
+        refine_prevent_oversampling=prevent_oversampling,
+        refine_patch_crop_method=crop_method or ("roi_align" if onnx_format else "unfold"),
+        refine_patch_replace_method=replace_method or ("scatter_element" if onnx_format else "scatter_nd"),
+        seed=seed,
+    )
+    onnx_config = OnnxConfig(
+        opset=opset or DEFAULT_OPSET[exporter or DEFAULT_EXPORTER], exporter=exporter or DEFAULT_EXPORTER,
+        precision=precision, simplify=simplify,
+        outputs=names if onnx_format else None, trace_batch=batch, trace_resolution=size or OnnxConfig.trace_resolution,
+        target=target,
+    ) if onnx_format else None
+    script_config = TorchScriptConfig(precision=precision, outputs=names) if not onnx_format else None
+    if checkpoint is None:
+        click.echo(f"WARNING: no --checkpoint: exporting SYNTHETIC weights (seed {seed}); mattes will be meaningless. "
+                   "Pass --checkpoint pytorch_<backbone>.pth for a real model.", err=True)
+    report = run_export(model_config, output, fmt, onnx=onnx_config, torchscript=script_config,
+                        checkpoint=checkpoint, progress=lambda message: state.echo(message, err=True))
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if json_path:
+        from pathlib import Path
+
+        Path(json_path).write_text(json.dumps(report.to_dict(), indent=2))
+    click.echo(f"{report.path} ({report.size_bytes / 1e6:.1f} MB, {sum(report.seconds.values()):.1f} s)")
+    if run_verify:
+        from .verify import VerifyConfig, format_table, verify
+
+        state.echo("verifying against PyTorch ...", err=True)
+        result = verify(report.path, VerifyConfig(checkpoint=checkpoint), progress=lambda m: state.echo(m, err=True))
+        click.echo(format_table(result))
+        if not result.passed:
+            raise click.exceptions.Exit(1)
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@handle_errors
+def inspect_command(model: str, as_json: bool) -> None:
+    """Print an exported MODEL's metadata, inputs/outputs, op histogram and size."""
+    from .inspect import inspect_model
+
+    info = inspect_model(model)
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    meta = info["metadata"]
+    click.echo(f"{info['path']}: {info['format']}, {info['size_bytes'] / 1e6:.1f} MB, {info['node_count']} nodes")
+    click.echo("model config:")
+    for key, value in sorted(meta["model_config"].items()):
+        click.echo(f"  {key:<28} {value}")
+    click.echo("export:")
+    for key, value in sorted(meta["export"].items()):
+        click.echo(f"  {key:<28} {value}")
+    for kind in ("inputs", "outputs"):
+        click.echo(f"{kind}:")
+        for row in info[kind]:
+            shape = "x".join(map(str, row["shape"])) if row["shape"] else "?"
+            click.echo(f"  {row['name']:<8} {row['dtype']:<8} {shape}")
+    for key, value in info.get("settable_attributes", {}).items():
+        click.echo(f"  settable {key} = {value}")
+    click.echo("ops: " + ", ".join(f"{op} {count}" for op, count in info["ops"].items()))
+
+
+def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict[str, float]]:
+    """``1e-4`` (every output) or ``pha=1e-4,fgr=2e-4`` (per output)."""
+    from .errors import UsageError
+
+    if value is None:
+        return None, {}
+    try:
+        if "=" not in value:
+            return float(value), {}
+        pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
+        return None, {name.strip(): float(number) for name, number in pairs}
+    except ValueError:
+        raise UsageError(f"{option}={value!r} is not valid; use a number (1e-4) or name=number pairs (pha=1e-4,fgr=2e-4)") from None
+
+
+@cli.command("verify")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="The checkpoint the model was exported from (its sha256 must match the recorded one).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
+              help="Execution provider for the exported model; an unusable one is an error, never a silent CPU run.")
+@click.option("--allow-fallback/--no-allow-fallback", default=False, show_default=True,
+              help="Warn instead of failing when the provider is not usable.")
+@click.option("--resolution", "resolutions", multiple=True, metavar="WxH",
+              help="Random-input resolution (repeatable) [320x256 256x192 640x480].")
+@click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Batch size of the extra random case.")
+@click.option("--pairs", "pairs_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of <name>/src.jpg+bgr.jpg pairs [the bundled sample pairs].")
+@click.option("--inputs", default="random,pairs", show_default=True, help="Input kinds: random and/or pairs.")
+@click.option("--atol", default=None, help="Max abs tolerance: 1e-4, or per output pha=1e-4,fgr=2e-4 [fp32 1e-4, fp16 2e-2].")
+@click.option("--rtol", default=None, help="Relative tolerance, same forms as --atol [0].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
+@click.option("--save-diff", type=click.Path(file_okay=False), default=None,
+              help="Write |Δpha| / |Δfgr| PNG heatmaps of failing cases here.")
+@click.pass_obj
+@handle_errors
+def verify_command(
+    state: Context, model: str, checkpoint: str | None, provider: str, allow_fallback: bool, resolutions: tuple[str, ...],
+    batch: int, pairs_dir: str | None, inputs: str, atol: str | None, rtol: str | None, seed: int,
+    json_path: str | None, save_diff: str | None,
+) -> None:
+    """Check an exported model against its PyTorch reference (exit 0 pass, 1 parity failure, 2 usage)."""
+    from .verify import DEFAULT_RESOLUTIONS, VerifyConfig, format_table, verify, write_json
+
+    sizes = tuple(_parse_size(text, "--resolution") for item in resolutions for text in item.split(",") if text)
+    default_atol, atol_map = _parse_tolerance(atol, "--atol")
+    default_rtol, rtol_map = _parse_tolerance(rtol, "--rtol")
+    config = VerifyConfig(
+        provider=provider, resolutions=sizes or DEFAULT_RESOLUTIONS, batch=batch,  # type: ignore[arg-type]
+        inputs=tuple(kind.strip() for kind in inputs.split(",") if kind.strip()), pairs_dir=pairs_dir,
+        atol=atol_map, rtol=rtol_map, default_atol=default_atol, default_rtol=default_rtol, checkpoint=checkpoint,
+        save_diff=save_diff, seed=seed, allow_fallback=allow_fallback,
+    )
+    report = verify(model, config, progress=lambda message: state.echo(message, err=True))
+    if json_path:
+        write_json(report, json_path)
+    click.echo(format_table(report))
+    if not report.passed:
+        raise click.exceptions.Exit(1)
+
+
 def main() -> None:
     cli(prog_name="bgm-deploy")
 
