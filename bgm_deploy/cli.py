@@ -110,6 +110,8 @@ def info(as_json: bool) -> None:
 @click.option("--sample-pixels", type=int, default=None, help="Override the preset (80000 HD, 320000 4K).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Weights (default: synthetic).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Synthetic-weights seed.")
+@click.option("--onnx-exporter", type=click.Choice(["legacy", "dynamo"]), default=None,
+              help="ONNX exporter for the ONNX backends [the export command's default].")
 @click.option("--flops/--no-flops", default=True, show_default=True, help="Count FLOPs and measure the GEMM peak.")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep exports here (default: temp dir).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report.")
@@ -120,7 +122,8 @@ def info(as_json: bool) -> None:
 def bench(ctx: click.Context, models: tuple[str, ...], backends: tuple[str, ...], backbones: tuple[str, ...],
           resolutions: tuple[str, ...], batch: int, precisions: tuple[str, ...], warmup: str, iterations: int,
           duration: float | None, mode: str, end_to_end: bool, threads: int | None, backbone_scale: float | None,
-          sample_pixels: int | None, checkpoint: str | None, seed: int, flops: bool, workdir: str | None,
+          sample_pixels: int | None, checkpoint: str | None, seed: int, onnx_exporter: str | None, flops: bool,
+          workdir: str | None,
           json_path: str | None, markdown_path: str | None, plot_path: str | None) -> None:
     """Benchmark backends (latency table; without MODEL: the default model, exported on the fly)."""
     from pathlib import Path
@@ -146,6 +149,7 @@ def bench(ctx: click.Context, models: tuple[str, ...], backends: tuple[str, ...]
         sample_pixels=sample_pixels,
         checkpoint=Path(checkpoint) if checkpoint else None,
         seed=seed,
+        onnx_exporter=onnx_exporter,
         count_flops=flops,
         workdir=Path(workdir) if workdir else None,
         json_path=Path(json_path) if json_path else None,
