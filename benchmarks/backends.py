@@ -99,11 +99,18 @@ class ArtifactCache:
         self._paths: dict[tuple[str, str], Path] = {}
         self.export_seconds: dict[str, float] = {}
 
-    def path(self, config: ModelConfig, fmt: str, target: str = "generic") -> Path:
+    def path(
+        self, config: ModelConfig, fmt: str, target: str = "generic", trace_resolution: tuple[int, int] | None = None
+    ) -> Path:
         """The exported file of ``config`` in ``fmt`` (``"onnx"``/``"torchscript"``).
 
         ``target="tensorrt"`` asks the ONNX exporter for its TensorRT-safe graph (no TopK
         with K > 3840), which onnx-tensorrt and the engine builder need.
+        ``trace_resolution`` (width, height) is where the exporter traces and re-checks the
+        graph (it stays dynamic). Fixed mode needs it near the benchmark resolution: at the
+        exporter's small default, 80,000 sample pixels select nearly every cell, many of
+        them tied at zero error, and which tied cells top-k keeps is implementation-defined,
+        so the parity re-check would compare different (equally valid) selections.
         """
         import time
 
@@ -115,12 +122,20 @@ class ArtifactCache:
             self.progress(f"exporting {config.backbone} ({config.backbone_scale:g}, {config.refine_sample_pixels} px) to {what}…")
             api = _export_api()
             extra: dict[str, Any] = {} if self.checkpoint is None else {"checkpoint": self.checkpoint}
-            if fmt == "onnx" and (target != "generic" or self.onnx_exporter is not None):
+            if fmt == "onnx":
                 from exporters.config import OnnxConfig
 
                 options: dict[str, Any] = {"target": target}
                 if self.onnx_exporter is not None:
+                    import exporters.config as export_config
+
                     options["exporter"] = self.onnx_exporter
+                    # Each exporter has its own lowest opset (dynamo: 18); use its default.
+                    opset = getattr(export_config, "DEFAULT_OPSET", {}).get(self.onnx_exporter)
+                    if opset is not None:
+                        options["opset"] = opset
+                if trace_resolution is not None:
+                    options["trace_resolution"] = (max(64, trace_resolution[0]), max(64, trace_resolution[1]))
                 extra["onnx"] = OnnxConfig(**options)
             exported = config.replace(**ONNX_PATCH_METHODS) if fmt == "onnx" and config.model_type == "refine" else config
             start = time.perf_counter()
@@ -283,7 +298,8 @@ def prepare_backend(
         return RunnerBackend(backend, "torchscript", {"path": path, "device": device}, device, precision)
     if backend.startswith("onnx-"):
         provider = backend.split("-", 1)[1]
-        path = model_file or artifacts.path(config, "onnx", "tensorrt" if provider == "tensorrt" else "generic")
+        target = "tensorrt" if provider == "tensorrt" else "generic"
+        path = model_file or artifacts.path(config, "onnx", target, (batch_shape[2], batch_shape[1]))
         options: dict[str, Any] = {"path": path, "provider": provider}
         if provider == "cpu":
             options["threads"] = threads
@@ -300,7 +316,7 @@ def prepare_backend(
 
 def _build_engine(config: ModelConfig, precision: str, artifacts: ArtifactCache, shape: tuple[int, int, int]) -> Path:
     """A TensorRT engine optimised for ``shape`` (unverified: no GPU/TensorRT here)."""
-    onnx_path = artifacts.path(config, "onnx", "tensorrt")
+    onnx_path = artifacts.path(config, "onnx", "tensorrt", (shape[2], shape[1]))
     from exporters.tensorrt import EngineConfig, engine_from_onnx
 
     engine = onnx_path.with_name(f"{onnx_path.stem}_{precision}_{shape[0]}x{shape[1]}x{shape[2]}.engine")

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.backends import ArtifactCache
 from bgm_deploy.bench import FIXED_PAIR, PAIRS_DIR, _load_rgb, _model_config, _to_batch, BenchConfig, parse_resolution
 from bgm_deploy.errors import BgmDeployError
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--onnx", type=Path, help="profile this file instead of exporting the default model")
     parser.add_argument("--backbone", default="mobilenetv2")
     parser.add_argument("--resolution", default="hd", help="hd, 4k or WxH")
+    parser.add_argument("--exporter", choices=("legacy", "dynamo"), default=None, help="default: the exporter's")
     parser.add_argument("--runs", type=int, default=3, help="profiled runs (after one untimed run)")
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: onnxruntime's)")
     parser.add_argument("--top-nodes", type=int, default=12, help="also list the slowest individual nodes")
@@ -97,12 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(tmp)
             path = args.onnx
             if path is None:
-                from bgm_deploy.export import export
-
                 config = _model_config(BenchConfig(backbones=(args.backbone,), resolutions=(size,)), args.backbone, size)
-                path = workdir / "model.onnx"
-                print(f"exporting {config.backbone} (scale {config.backbone_scale}, {config.refine_sample_pixels} px, fixed)…", file=sys.stderr)
-                export(config, path, format="onnx")
+                artifacts = ArtifactCache(workdir, lambda message: print(message, file=sys.stderr), onnx_exporter=args.exporter)
+                path = artifacts.path(config, "onnx", "generic", size)
             feeds = {
                 part: _to_batch(_load_rgb(PAIRS_DIR / FIXED_PAIR / f"{part}.jpg", size), 1) for part in ("src", "bgr")
             }
