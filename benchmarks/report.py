@@ -250,13 +250,14 @@ def render_plot(report: BenchReport) -> Any:
 
     font = ImageFont.load_default()
     labels = [f"{r.backend} {r.backbone} {r.resolution} {r.precision} {r.scope}" for r in report.results]
-    label_width = max([len(label) for label in labels] + [10]) * 7 + 20
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = int(max([measure.textlength(label, font=font) for label in labels] + [60])) + 20
     bar_area, bar_height, gap, top = 520, 14, 12, 50
     width = label_width + bar_area + 90
     height = top + len(report.results) * (2 * bar_height + gap) + 40
     image = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(image)
-    draw.text((10, 10), "bgm-deploy bench: latency per frame batch (ms), lower is better", fill="black", font=font)
+    draw.text((10, 10), "bgm-deploy bench: latency per call (ms), lower is better", fill="black", font=font)
     draw.rectangle((10, 28, 22, 38), fill=P50_COLOUR)
     draw.text((26, 28), "median (p50)", fill="black", font=font)
     draw.rectangle((130, 28, 142, 38), fill=P99_COLOUR)

@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke test; writes to --out, never to README.md")
     parser.add_argument("--out", type=Path, default=RESULTS, help="results directory")
+    parser.add_argument("--readme", type=Path, default=README, help="README whose results section is replaced")
     args = parser.parse_args(argv)
     start = time.perf_counter()
     try:
@@ -146,13 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         write_atomic(args.out / "quick.md", (text + "\n").encode())
         return 0
-    readme = README.read_text()
+    readme = args.readme.read_text()
     if START not in readme or END not in readme:
-        print(f"Error: {README} lacks the {START} / {END} markers", file=sys.stderr)
+        print(f"Error: {args.readme} lacks the {START} / {END} markers", file=sys.stderr)
         return 1
     readme = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: text, readme, flags=re.S)
-    write_atomic(README, readme.encode())
-    print(f"wrote {README} and {args.out}/{name}.json/.png ({seconds / 60:.1f} min)", file=sys.stderr)
+    write_atomic(args.readme, readme.encode())
+    print(f"wrote {args.readme} and {args.out}/{name}.json/.png ({seconds / 60:.1f} min)", file=sys.stderr)
     return 0
 
 

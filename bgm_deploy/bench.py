@@ -309,8 +309,8 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> Any:
     """
     import torch
 
-    from benchmarks.backends import BACKENDS, unavailable_reason
-    from benchmarks.report import BenchReport, SkippedBackend, write_json, write_markdown, write_plot
+    from benchmarks.backends import unavailable_reason
+    from benchmarks.report import BenchReport, write_json, write_markdown, write_plot
 
     from .environment import environment_info
 
@@ -334,12 +334,6 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> Any:
     finally:
         torch.set_num_threads(saved_threads)
 
-    skipped = [
-        SkippedBackend(b, p, r)
-        for b in (requested or BACKENDS)
-        for p in config.precisions
-        if (r := unavailable_reason(b, p, device)) is not None
-    ]
     environment = environment_info()
     environment["threads"] = threads
     settings = {
@@ -359,7 +353,7 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> Any:
         "seed": config.seed,
         "onnx_exporter": config.onnx_exporter or "default",
     }
-    report = BenchReport(runner.results, skipped + runner.skipped, environment, settings, runner.peaks, runner.warnings)
+    report = BenchReport(runner.results, runner.skipped, environment, settings, runner.peaks, runner.warnings)
     if config.json_path is not None:
         write_json(report, config.json_path)
     if config.markdown_path is not None:
@@ -389,6 +383,7 @@ class _Run:
 
     def run(self) -> None:
         from benchmarks.backends import unavailable_reason
+        from benchmarks.report import SkippedBackend
 
         config = self.config
         if config.count_flops:
@@ -397,9 +392,12 @@ class _Run:
             for job in _jobs(config, size):
                 self.warnings.extend(w for w in job.warnings if w not in self.warnings)
                 for precision in config.precisions:
-                    usable = [b for b in job.backends if unavailable_reason(b, precision, self.device) is None]
-                    for backend in usable:
-                        self._measure(job, backend, precision, size)
+                    for backend in job.backends:
+                        reason = unavailable_reason(backend, precision, self.device)
+                        if reason is None:
+                            self._measure(job, backend, precision, size)
+                        elif (skipped := SkippedBackend(backend, precision, reason)) not in self.skipped:
+                            self.skipped.append(skipped)
         self._speedups()
 
     def _measure_peaks(self) -> None:
@@ -434,7 +432,10 @@ class _Run:
             return
         try:
             inputs = _inputs(config.mode, size, config.batch)
-            refined = [float(backend.infer(i.feeds())["ref_sm"].mean()) for i in inputs] if model.model_type == "refine" else []
+            # One untimed run per input, through the runner: the refined fraction this
+            # backend actually saw (files exported without ref_sm report none).
+            first = [backend.infer(i.feeds()) for i in inputs]
+            refined = [float(outputs["ref_sm"].mean()) for outputs in first if "ref_sm" in outputs]
             calls = [backend.compute(i) for i in inputs]
             cycle = itertools.cycle(calls)
             self.say(f"timing {label} ({config.timing.describe()})…")
@@ -491,7 +492,7 @@ class _Run:
             )
 
     def _count_flops(self, model: ModelConfig, size: tuple[int, int]) -> int | None:
-        if model.model_type != "refine":
+        if model.model_type != "refine" or (model.checkpoint_sha256 is not None and self.config.checkpoint is None):
             return None
         key = (model.to_json(), *size)
         if key not in self._flops:
