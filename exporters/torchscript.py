@@ -3,6 +3,7 @@
 Scripted, not traced, so that the refinement settings stay attributes of the loaded
 module, as in the original TorchScript release::
 
+    import torchvision  # registers torchvision::roi_align, referenced by the scripted refiner
     model = torch.jit.load("matting.torchscript")
     model.backbone_scale = 0.125
     model.refine_mode = "thresholding"      # or "sampling" / "full"
