@@ -265,7 +265,16 @@ def torchscript_from_torch(
         raise ExportError(f"torch.jit.script failed: {str(exc).strip().splitlines()[0][:300]}") from exc
     result.seconds["export"] = time.perf_counter() - start
 
-    metadata = export_metadata(model_config, "torchscript", config, names, {"exporter": "torch.jit.script"})
+    # Same keys as ONNX metadata so readers need no per-format branches; None = not applicable.
+    fields = {
+        "exporter": "torch.jit.script",
+        "opset": None,
+        "simplified": False,
+        "target": "generic",
+        "trace_resolution": None,
+        "trace_batch": None,
+    }
+    metadata = export_metadata(model_config, "torchscript", config, names, fields)
     temp = temp_path_for(output, ".pt")
     try:
         start = time.perf_counter()
