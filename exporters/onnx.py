@@ -226,6 +226,10 @@ def temp_path_for(output: Path, suffix: str) -> Path:
     """A fresh temp file next to ``output`` (same filesystem, so the final rename is atomic)."""
     handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
     os.close(handle)
+    # mkstemp creates 0600; the renamed model should get the usual permissions (0666 - umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(name, 0o666 & ~umask)
     return Path(name)
 
 
