@@ -155,12 +155,17 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
 COLUMNS = ("backend", "model", "resolution", "precision", "scope", "median ms", "p99 ms", "fps", "vs eager", "CV", "refined")
 
 
+def _pixels(count: int) -> str:
+    """80000 → "80k", 320 → "320"."""
+    return f"{count / 1000:g}k" if count >= 1000 else str(count)
+
+
 def _row(result: BenchResult) -> list[str]:
     s = result.stats
     batch = f" b{result.batch}" if result.batch > 1 else ""
     return [
         result.backend,
-        f"{result.backbone} {result.backbone_scale:g}/{result.sample_pixels // 1000}k",
+        f"{result.backbone} {result.backbone_scale:g}/{_pixels(result.sample_pixels)}",
         result.resolution + batch,
         result.precision,
         result.scope,
