@@ -154,7 +154,7 @@ def build_model(config: ModelConfig, checkpoint: str | Path | None = None, stric
         )
     expected = f"{config.backbone} Matting{'Refine' if config.model_type == 'refine' else 'Base'}"
     found = f"{info.backbone} Matting{'Refine' if info.model_type == 'refine' else 'Base'}"
-    if info.backbone != config.backbone or (info.model_type == "refine" and config.model_type == "base"):
+    if info.backbone != config.backbone:  # a refine checkpoint holds every base key: fine for "base"
         raise CheckpointError(f"{checkpoint}: expected a {expected} checkpoint, found {found} (use --backbone {info.backbone})")
     if info.refine_kernel_size is not None and config.model_type == "refine" and info.refine_kernel_size != config.refine_kernel_size:
         raise CheckpointError(
