@@ -35,23 +35,34 @@ COMBOS = (
 )
 
 
-def time_session(path: Path, width: int, height: int, warmup: int, iterations: int, threads: int | None) -> list[float]:
-    """Milliseconds per call of the ONNX model at ``width`` x ``height``, batch 1."""
+def make_session(path: Path, threads: int | None) -> object:
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
-    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def time_round_robin(
+    sessions: list[object], width: int, height: int, warmup: int, iterations: int
+) -> list[list[float]]:
+    """Milliseconds per call of each session at ``width`` x ``height``, batch 1.
+
+    The sessions take turns (one call each per round) so that load from other processes
+    on a shared machine spreads over all rows instead of penalising whichever ran then.
+    """
     generator = torch.Generator().manual_seed(0)
     feeds = {name: torch.rand(1, 3, height, width, generator=generator).numpy() for name in ("src", "bgr")}
-    for _ in range(warmup):
-        session.run(None, feeds)
-    times = []
+    for session in sessions:
+        for _ in range(warmup):
+            session.run(None, feeds)
+    times: list[list[float]] = [[] for _ in sessions]
     for _ in range(iterations):
-        start = time.perf_counter()
-        session.run(None, feeds)
-        times.append((time.perf_counter() - start) * 1e3)
+        for index, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[index].append((time.perf_counter() - start) * 1e3)
     return times
 
 
@@ -68,6 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     width, height = (int(v) for v in args.resolution.lower().split("x"))
 
+    exports: list[tuple[str, str, str, float, int, Path]] = []
     rows = []
     with tempfile.TemporaryDirectory() as workdir:
         for exporter in args.exporters.split(","):
@@ -87,18 +99,19 @@ def main() -> None:
                     model, config, OnnxConfig(exporter=exporter, opset=DEFAULT_OPSET[exporter]), path
                 )
                 nodes = len(onnx.load(str(path)).graph.node)
-                times = time_session(path, width, height, args.warmup, args.iterations, args.threads)
-                rows.append(
-                    (exporter, crop, replace, result.seconds["export"], nodes, statistics.median(times), min(times))
-                )
-                print(f"done {exporter} {crop} {replace}: median {statistics.median(times):.1f} ms", flush=True)
+                exports.append((exporter, crop, replace, result.seconds["export"], nodes, path))
+                print(f"exported {exporter} {crop} {replace} in {result.seconds['export']:.1f} s", flush=True)
+        sessions = [make_session(path, args.threads) for *_, path in exports]
+        timings = time_round_robin(sessions, width, height, args.warmup, args.iterations)
+        for (exporter, crop, replace, export_s, nodes, _), times in zip(exports, timings):
+            rows.append((exporter, crop, replace, export_s, nodes, statistics.median(times), min(times)))
 
     env = environment_info()
     print()
     print(
         f"{args.backbone}, scale {args.backbone_scale}, sampling {args.sample_pixels} px (prevent_oversampling off), "
         f"{width}x{height}, batch 1, onnxruntime {env['onnxruntime']} CPUExecutionProvider, torch {env['torch']}, "
-        f"{env['cpu']} ({env['cpu_count']} cores), {args.iterations} timed runs after {args.warmup} warmup"
+        f"{env['cpu']} ({env['cpu_count']} cores), {args.iterations} timed runs per row, round-robin, after {args.warmup} warmup"
     )
     print()
     print("| exporter | crop | replace | export (s) | nodes | median (ms) | min (ms) |")
