@@ -336,6 +336,8 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> Any:
 
     environment = environment_info()
     environment["threads"] = threads
+    # Other processes' load right after the run: numbers taken under load are not comparable.
+    environment["load_average_1min"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     settings = {
         "backends": list(requested) if requested else "all usable",
         "backbones": list(config.backbones),

@@ -33,6 +33,14 @@ def test_headline_ratio_and_verdict(onnx_ms: float, verdict: str) -> None:
     assert f"ratio {onnx_ms / 650.0:.3f}" in text and verdict in text
 
 
+def test_noisy_rows_invalidate_the_headline() -> None:
+    report = _report(300.0)
+    report.results[1] = _row("onnx-cpu", "mobilenetv2", (1920, 1080), 300.0)
+    report.results[1] = type(report.results[1])(**{**report.results[1].__dict__, "stats": summarize([0.2, 0.3, 0.4])})
+    assert "not a valid measurement" in run_published.headline(report)
+    assert "not a valid measurement" not in run_published.headline(_report(300.0))
+
+
 def test_section_says_when_no_gpu_was_available(tmp_path: Path) -> None:
     text = run_published.section(_report(300.0), 330.0)
     assert text.startswith(run_published.START) and text.endswith(run_published.END)
