@@ -66,10 +66,13 @@ class OutputSelector(nn.Module):
 
 
 def export_patches(target: str) -> tuple[Patch, ...]:
-    """The patch list for a target: ``EXPORT_PATCHES`` plus, for ``"tensorrt"``, the
-    TensorRT-safe rewrites of ``exporters.tensorrt_safe.TENSORRT_PATCHES``."""
+    """The patch list for a target: ``EXPORT_PATCHES``, the speed rewrites of
+    ``exporters.rewrites.FAST_PATCHES`` (same results, patch inputs sampled directly) and,
+    for ``"tensorrt"``, the TensorRT-safe rewrites of ``exporters.tensorrt_safe.TENSORRT_PATCHES``."""
+    from .rewrites import FAST_PATCHES
+
     if target != "tensorrt":
-        return EXPORT_PATCHES
+        return (*EXPORT_PATCHES, *FAST_PATCHES)
     try:
         from .tensorrt_safe import TENSORRT_PATCHES  # type: ignore[attr-defined]
     except ImportError as exc:
@@ -77,7 +80,7 @@ def export_patches(target: str) -> tuple[Patch, ...]:
             f"target=tensorrt needs exporters.tensorrt_safe.TENSORRT_PATCHES, which is not available ({exc}); "
             "use --target generic"
         ) from None
-    return (*EXPORT_PATCHES, *TENSORRT_PATCHES)
+    return (*EXPORT_PATCHES, *FAST_PATCHES, *TENSORRT_PATCHES)
 
 
 def example_inputs(config: OnnxConfig, dtype: torch.dtype, seed: int = 0) -> tuple[Tensor, Tensor]:

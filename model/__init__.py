@@ -15,6 +15,7 @@ from .refiner import (
     REPLACE_METHODS,
     Refiner,
     crop_patches,
+    gather_patch_inputs,
     replace_patches,
     select_refinement_regions,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Refiner",
     "ResNetEncoder",
     "crop_patches",
+    "gather_patch_inputs",
     "replace_patches",
     "select_refinement_regions",
     "validate_inputs",

@@ -118,6 +118,37 @@ def replace_patches(x: Tensor, patches: Tensor, idx: Tensor, method: str) -> Ten
     raise ValueError(f"patch_replace_method='{method}' is not valid; valid: scatter_nd, scatter_element")
 
 
+def gather_patch_inputs(
+    hid: Tensor, pha: Tensor, fgr: Tensor, src: Tensor, bgr: Tensor, idx: Tensor, kernel_size: int, crop_method: str
+) -> tuple[Tensor, Tensor]:
+    """The two inputs of the patch network for each selected cell.
+
+    Args:
+        hid, pha, fgr: coarse maps ``(B, 32|1|3, Hc, Wc)``.
+        src, bgr: ``(B, 3, H, W)`` full resolution.
+        idx: ``(N, 3)`` rows ``(b, i, j)`` (cells of the H/4 x W/4 grid).
+
+    Returns:
+        ``(N, 42, S, S)`` crops of ``cat(hid, pha, fgr, src, bgr)`` resized to half
+        resolution and zero-padded (S = 8 for kernel 3, 2 for kernel 1), and
+        ``(N, 6, S', S')`` crops of the zero-padded full-resolution ``src_bgr`` (S' = 8 or 4).
+
+    This is the reference algorithm (whole maps resized, then cropped). Exporters may swap
+    this module-level function for an equivalent that samples only the patches
+    (``exporters/rewrites.py``).
+    """
+    src_bgr = torch.cat([src, bgr], dim=1)
+    half_h, half_w = src_bgr.shape[2] // 2, src_bgr.shape[3] // 2
+    x = torch.cat([hid, pha, fgr], dim=1)
+    x = F.interpolate(x, size=(half_h, half_w), mode="bilinear", align_corners=False)
+    y = F.interpolate(src_bgr, size=(half_h, half_w), mode="bilinear", align_corners=False)
+    half_padding = 3 if kernel_size == 3 else 0
+    full_padding = 2 if kernel_size == 3 else 0
+    x = crop_patches(torch.cat([x, y], dim=1), idx, 2, half_padding, crop_method)
+    y = crop_patches(src_bgr, idx, 4, full_padding, crop_method)
+    return x, y
+
+
 class Refiner(nn.Module):
     """Refinement network: four unpadded convs applied to selected patches.
 
@@ -192,9 +223,9 @@ class Refiner(nn.Module):
         full_h, full_w = src.shape[2], src.shape[3]
         half_h, half_w = full_h // 2, full_w // 2
         quarter_h, quarter_w = full_h // 4, full_w // 4
-        src_bgr = torch.cat([src, bgr], dim=1)
 
         if mode == "full":
+            src_bgr = torch.cat([src, bgr], dim=1)
             x = torch.cat([hid, pha, fgr], dim=1)
             x = F.interpolate(x, size=(half_h, half_w), mode="bilinear", align_corners=False)
             y = F.interpolate(src_bgr, size=(half_h, half_w), mode="bilinear", align_corners=False)
@@ -212,22 +243,17 @@ class Refiner(nn.Module):
         ref = select_refinement_regions(err, mode, sample_pixels, threshold, prevent_oversampling)
         idx = torch.nonzero(ref.squeeze(1) > 0)
 
-        out = torch.cat([pha, fgr], dim=1)
-        out = F.interpolate(out, size=(full_h, full_w), mode="bilinear", align_corners=False)
+        # pha and fgr stay separate tensors: no full-resolution concat and slices.
+        pha_full = F.interpolate(pha, size=(full_h, full_w), mode="bilinear", align_corners=False)
+        fgr_full = F.interpolate(fgr, size=(full_h, full_w), mode="bilinear", align_corners=False)
 
-        # No branch on idx.shape[0]: with zero selected cells the patch network runs on an
-        # empty batch and the replace is a no-op, so exported graphs stay correct.
-        x = torch.cat([hid, pha, fgr], dim=1)
-        x = F.interpolate(x, size=(half_h, half_w), mode="bilinear", align_corners=False)
-        y = F.interpolate(src_bgr, size=(half_h, half_w), mode="bilinear", align_corners=False)
-        half_padding = 3 if self.kernel_size == 3 else 0
-        full_padding = 2 if self.kernel_size == 3 else 0
-        # One extra (discarded) cell keeps the patch batch non-empty: convolutions on an
-        # empty batch are a data-dependent branch torch.export cannot capture, and some
-        # runtimes reject zero-sized tensors.
+        # No branch on idx.shape[0]: with zero selected cells the replace is a no-op, so
+        # exported graphs stay correct. One extra (discarded) cell keeps the patch batch
+        # non-empty: convolutions on an empty batch are a data-dependent branch torch.export
+        # cannot capture, and some runtimes reject zero-sized tensors.
         padded_idx = torch.cat([idx, idx.new_zeros((1, 3))], dim=0)
-        x = crop_patches(torch.cat([x, y], dim=1), padded_idx, 2, half_padding, crop_method)
-        y = crop_patches(src_bgr, padded_idx, 4, full_padding, crop_method)
+        x, y = gather_patch_inputs(hid, pha, fgr, src, bgr, padded_idx, self.kernel_size, crop_method)
         patches = self.refine_patches(x, y)[:-1]
-        out = replace_patches(out, patches, idx, replace_method)
-        return out[:, :1], out[:, 1:], ref
+        pha_full = replace_patches(pha_full, patches[:, :1], idx, replace_method)
+        fgr_full = replace_patches(fgr_full, patches[:, 1:], idx, replace_method)
+        return pha_full, fgr_full, ref
