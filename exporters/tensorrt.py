@@ -17,7 +17,6 @@ refuses a mismatch with a message instead of letting deserialisation crash.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bgm_deploy.checkpoint import file_sha256
 from bgm_deploy.config import ModelConfig
 from bgm_deploy.errors import ExportError, ModelFileError, RuntimeUnavailableError, UsageError
 from exporters.metadata import ExportMetadata, read_metadata
@@ -182,14 +182,6 @@ def sidecar_path(engine_path: str | Path) -> Path:
     """``model.engine`` → ``model.engine.json`` (where :func:`read_metadata` looks)."""
     engine_path = Path(engine_path)
     return engine_path.with_suffix(engine_path.suffix + ".json")
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
