@@ -215,6 +215,17 @@ def script_patches(model: nn.Module, count: int) -> tuple[Patch, ...]:
     """``__class__`` swaps that make ``model`` scriptable, returning ``count`` outputs."""
     base = ScriptableMattingRefine if isinstance(model, MattingRefine) else ScriptableMattingBase
     patches = [
+        # torch.jit.script reuses cached JIT types per Python class; after other exports in
+        # the same process (seen after a run of ONNX exports) a cached Refiner type had a
+        # different forward signature and scripting failed. A fresh store per export
+        # compiles every submodule anew.
+        Patch(
+            "module:torch.jit._recursive",
+            "concrete_type_store",
+            lambda _cached: torch.jit._recursive.ConcreteTypeStore(),
+            wrap=True,
+            reason="no JIT types cached by earlier exports in this process",
+        ),
         Patch("", "__class__", scriptable_class(base, count), reason="scriptable validate/run_network/forward"),
     ]
     if isinstance(getattr(model, "backbone", None), MobileNetV2Encoder):
