@@ -21,6 +21,10 @@ full-resolution maps with ``roi_align`` (``aligned=True``: ONNX RoiAlign
 * zero padding becomes a 0/1 mask from the window's integer coordinates, so no padded
   map exists.
 
+The patch network's first and third convolutions are then applied to their inputs' parts
+with slices of their weights and summed, instead of to concatenations (``first_conv`` /
+``third_conv`` of :class:`model.refiner.Refiner` are the seams).
+
 Only the arithmetic order differs from the reference (float32 rounding, ~1e-7); parity is
 checked by the exporter's re-check and by ``bgm-deploy verify``. The rewrite applies to
 the ``roi_align`` crop with kernel size 3 (the ONNX default); anything else falls back
@@ -29,7 +33,10 @@ to the reference function.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import Tensor
 
@@ -76,7 +83,9 @@ def gather_patch_inputs_direct(
     boxes = _boxes(b, row0, col0, 2.0, 2.0, 8)
     y_src = torchvision.ops.roi_align(src.float(), boxes, 8, 1.0, 1, True)
     y_bgr = torchvision.ops.roi_align(bgr.float(), boxes, 8, 1.0, 1, True)
-    half = torch.cat([x, y_src, y_bgr], dim=1) * mask
+    # Kept as two parts: conv1 is applied to each with its slice of the weights (see
+    # ``_split_first_conv``), so the 42-channel crop tensor is never concatenated.
+    half = SplitCrops(x * mask, torch.cat([y_src, y_bgr], dim=1) * mask)
 
     # Full resolution: 8x8 windows starting at (4i - 2, 4j - 2), zero outside the image.
     row0, col0 = i * 4 - 2, j * 4 - 2
@@ -86,7 +95,58 @@ def gather_patch_inputs_direct(
         [torchvision.ops.roi_align(src.float(), boxes, 8, 1.0, 1, True), torchvision.ops.roi_align(bgr.float(), boxes, 8, 1.0, 1, True)],
         dim=1,
     ) * mask
-    return half.to(dtype), full.to(dtype)
+    return SplitCrops(half.coarse.to(dtype), half.images.to(dtype)), full.to(dtype)  # type: ignore[return-value]
+
+
+class SplitCrops(tuple):
+    """Half-resolution crops as ``(coarse part (N, 36, 8, 8), src/bgr part (N, 6, 8, 8))``."""
+
+    __slots__ = ()
+
+    def __new__(cls, coarse: Tensor, images: Tensor) -> SplitCrops:
+        return super().__new__(cls, (coarse, images))
+
+    @property
+    def coarse(self) -> Tensor:
+        return self[0]
+
+    @property
+    def images(self) -> Tensor:
+        return self[1]
+
+
+def _split_conv(conv: torch.nn.Conv2d, first: Tensor, second: Tensor) -> Tensor:
+    """``conv(cat(first, second))`` as the sum of two convolutions over weight slices.
+
+    onnxruntime's CPU convolution on thousands of 8x8 patches is markedly faster on the
+    two parts than on their concatenation (measured: 44 ms vs 80 ms for conv1 at HD), and
+    the concatenation itself is skipped.
+    """
+    channels = first.shape[1]
+    out = F.conv2d(first, conv.weight[:, :channels]) + F.conv2d(second, conv.weight[:, channels:])
+    if conv.bias is not None:
+        out = out + conv.bias.view(1, -1, 1, 1)
+    return out
+
+
+def _split_first_conv(original: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    refiner = original.__self__  # type: ignore[attr-defined]
+
+    def first_conv(x: Tensor) -> Tensor:
+        if isinstance(x, SplitCrops):
+            return _split_conv(refiner.conv1, x.coarse, x.images)
+        return original(x)
+
+    return first_conv
+
+
+def _split_third_conv(original: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
+    refiner = original.__self__  # type: ignore[attr-defined]
+
+    def third_conv(x: Tensor, y: Tensor) -> Tensor:
+        return _split_conv(refiner.conv3, x, y)
+
+    return third_conv
 
 
 FAST_PATCHES: tuple[Patch, ...] = (
@@ -96,4 +156,8 @@ FAST_PATCHES: tuple[Patch, ...] = (
         gather_patch_inputs_direct,
         reason="sample the refiner's patch inputs directly instead of resizing, concatenating and padding whole maps",
     ),
+    Patch("refiner", "first_conv", _split_first_conv, wrap=True, optional=True,
+          reason="conv1 on the two crop parts instead of their 42-channel concatenation"),
+    Patch("refiner", "third_conv", _split_third_conv, wrap=True, optional=True,
+          reason="conv3 on its two inputs instead of their 22-channel concatenation"),
 )

@@ -186,11 +186,19 @@ class Refiner(nn.Module):
         Returns:
             ``(N, 4, 4, 4)`` refined (alpha, fgr residual) patches.
         """
-        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.relu(self.bn1(self.first_conv(x)))
         x = self.relu(self.bn2(self.conv2(x)))
         x = F.interpolate(x, size=(y.shape[2], y.shape[3]), mode="nearest")
-        x = self.relu(self.bn3(self.conv3(torch.cat([x, y], dim=1))))
+        x = self.relu(self.bn3(self.third_conv(x, y)))
         return self.conv4(x)
+
+    def first_conv(self, x: Tensor) -> Tensor:
+        """``conv1`` on the half-resolution crops (a seam for export rewrites)."""
+        return self.conv1(x)
+
+    def third_conv(self, x: Tensor, y: Tensor) -> Tensor:
+        """``conv3`` on ``cat(x, y)`` (a seam for export rewrites)."""
+        return self.conv3(torch.cat([x, y], dim=1))
 
     def forward(
         self,

@@ -65,8 +65,9 @@ def test_other_crop_methods_fall_back(model: torch.nn.Module) -> None:
                 got = model(src, bgr)
     finally:
         model.refine_patch_crop_method = "roi_align"
+    # Reference crops; only the split conv3 differs in rounding.
     for a, b in zip(expected, got):
-        torch.testing.assert_close(a, b, atol=0, rtol=0)
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
 def test_default_onnx_export_has_no_padded_half_resolution_map(tmp_path) -> None:
@@ -77,6 +78,9 @@ def test_default_onnx_export_has_no_padded_half_resolution_map(tmp_path) -> None
     export(ModelConfig(refine_sample_pixels=2_000, refine_patch_crop_method="roi_align",
                        refine_patch_replace_method="scatter_element"), path, "onnx",
            onnx=OnnxConfig(trace_resolution=(160, 128), simplify=False))
-    ops = [node.op_type for node in onnx.load(str(path)).graph.node]
+    graph = onnx.load(str(path)).graph
+    ops = [node.op_type for node in graph.node]
     assert "Pad" not in ops
     assert ops.count("RoiAlign") == 5  # coarse, src/bgr at half resolution, src/bgr at full resolution
+    refiner_convs = [n for n in graph.node if n.op_type == "Conv" and "refiner" in n.name]
+    assert len(refiner_convs) == 6  # conv1 and conv3 split in two, conv2, conv4
