@@ -278,7 +278,8 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 
 
 @cli.command("export")
-@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript"]), help="Output format.")
+@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript", "tensorrt"]),
+              help="Output format (tensorrt: an engine; needs TensorRT and a GPU).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file (written atomically).")
 @click.option("--model-type", type=click.Choice(["refine", "base"]), default="refine", show_default=True)
 @click.option("--backbone", type=click.Choice(["mobilenetv2", "resnet50", "resnet101"]), default="mobilenetv2",
@@ -310,6 +311,14 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 @click.option("--target", type=click.Choice(["generic", "tensorrt"]), default="generic", show_default=True,
               help="ONNX: tensorrt applies the TensorRT-safe rewrites.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
+@click.option("--from-onnx", type=click.Path(dir_okay=False), default=None,
+              help="--format tensorrt: build the engine from this bgm-deploy ONNX file instead of exporting one.")
+@click.option("--engine-preset", type=click.Choice(["hd", "4k"]), default=None,
+              help="--format tensorrt: optimisation profile preset [from the backbone scale].")
+@click.option("--workspace-mib", type=click.IntRange(min=16), default=4096, show_default=True,
+              help="--format tensorrt: builder workspace limit.")
+@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+              help="--format tensorrt: timing cache file (read and updated).")
 @click.option("--verify/--no-verify", "run_verify", default=False, show_default=True,
               help="Run 'bgm-deploy verify' (default cases, CPU) on the exported file; exit 1 if it fails.")
 @click.pass_obj
@@ -319,7 +328,8 @@ def export_command(
     backbone_scale: str, refine_mode: str, refine_sample_pixels: int | None, refine_threshold: float,
     refine_kernel_size: str, prevent_oversampling: bool, crop_method: str | None, replace_method: str | None,
     precision: str, opset: int | None, exporter: str | None, simplify: bool, outputs: str | None, batch: int,
-    resolution: str | None, target: str, json_path: str | None, run_verify: bool,
+    resolution: str | None, target: str, json_path: str | None, from_onnx: str | None, engine_preset: str | None,
+    workspace_mib: int, timing_cache: str | None, run_verify: bool,
 ) -> None:
     """Export a model to ONNX or TorchScript (with its config embedded as metadata)."""
     from exporters.config import DEFAULT_EXPORTER, DEFAULT_OPSET, OnnxConfig, TorchScriptConfig
@@ -337,7 +347,7 @@ def export_command(
         except ValueError:
             raise UsageError(f"--backbone-scale={backbone_scale!r} is not valid; use auto or a float in (0, 0.5]") from None
     names = tuple(name.strip() for name in outputs.split(",") if name.strip()) if outputs else None
-    onnx_format = fmt == "onnx"
+    onnx_format = fmt in ("onnx", "tensorrt")  # an engine is built from a TensorRT-safe ONNX export
     model_config = ModelConfig(
         model_type=model_type,
         backbone=backbone,
@@ -361,6 +371,19 @@ def export_command(
     if checkpoint is None:
         click.echo(f"WARNING: no --checkpoint: exporting SYNTHETIC weights (seed {seed}); mattes will be meaningless. "
                    "Pass --checkpoint pytorch_<backbone>.pth for a real model.", err=True)
+    if fmt == "tensorrt":
+        from exporters.tensorrt import EngineConfig
+
+        from .export import export_engine
+
+        engine = EngineConfig(precision=precision, preset=engine_preset, workspace_mib=workspace_mib,
+                              timing_cache=timing_cache)
+        info = export_engine(output, engine, model_config, onnx_config, checkpoint=checkpoint, from_onnx=from_onnx,
+                             progress=lambda m: state.echo(m, err=True))
+        click.echo(f"{info.engine_path} (sidecar {info.sidecar_path})")
+        return
+    if from_onnx is not None:
+        raise UsageError("--from-onnx only applies with --format tensorrt")
     report = run_export(model_config, output, fmt, onnx=onnx_config, torchscript=script_config,
                         checkpoint=checkpoint, progress=lambda message: state.echo(message, err=True))
     for warning in report.warnings:
@@ -370,6 +393,13 @@ def export_command(
 
         Path(json_path).write_text(json.dumps(report.to_dict(), indent=2))
     click.echo(f"{report.path} ({report.size_bytes / 1e6:.1f} MB, {sum(report.seconds.values()):.1f} s)")
+    if onnx_format and target == "tensorrt":
+        from .export import tensorrt_preflight
+
+        preflight = tensorrt_preflight(report.path)
+        click.echo(preflight.summary())
+        if not preflight.ok:
+            raise click.exceptions.Exit(1)
     if run_verify:
         from .verify import VerifyConfig, format_table, verify
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -152,3 +153,52 @@ def export(
         warnings=list(result.warnings),
         recheck_max_abs_diff=recheck,
     )
+
+
+def export_engine(
+    output: str | Path,
+    engine: Any = None,
+    model_config: ModelConfig | None = None,
+    onnx: OnnxConfig | None = None,
+    checkpoint: str | Path | None = None,
+    from_onnx: str | Path | None = None,
+    progress: Progress | None = None,
+) -> Any:
+    """Builds a TensorRT engine (UNVERIFIED on hardware: no GPU was available in development).
+
+    Either from an existing bgm-deploy ONNX file (``from_onnx``), or by first exporting
+    ``model_config`` to a TensorRT-safe ONNX (``target="tensorrt"``) in a temporary folder.
+    TensorRT and a GPU are checked first, so a machine without them fails at once.
+
+    Args:
+        engine: an :class:`exporters.tensorrt.EngineConfig` (default: fp32, preset from the model).
+
+    Returns:
+        The :class:`exporters.tensorrt.EngineInfo` of the written engine.
+
+    Raises:
+        RuntimeUnavailableError: no TensorRT or no GPU here.
+    """
+    import tempfile
+
+    from exporters.tensorrt import EngineConfig, engine_from_onnx, import_tensorrt, require_gpu
+
+    engine = engine or EngineConfig()
+    import_tensorrt()
+    require_gpu(engine.device_id)
+    if from_onnx is not None:
+        return engine_from_onnx(from_onnx, engine, output, progress)
+    if model_config is None:
+        raise UsageError("export_engine needs model_config= or from_onnx=")
+    onnx_config = dataclasses.replace(onnx or OnnxConfig(), target="tensorrt", precision="fp32")
+    with tempfile.TemporaryDirectory(prefix="bgm-engine-") as folder:
+        source = Path(folder) / "model.onnx"
+        export(model_config, source, "onnx", onnx=onnx_config, checkpoint=checkpoint, progress=progress)
+        return engine_from_onnx(source, engine, output, progress)
+
+
+def tensorrt_preflight(path: str | Path) -> Any:
+    """The TensorRT preflight report of an exported ONNX file (``exporters.preflight``)."""
+    from exporters.preflight import preflight_onnx
+
+    return preflight_onnx(path, target="tensorrt")
