@@ -38,8 +38,9 @@ def select_refinement_regions(
         # whatever the grid size: a k larger than the grid no longer crashes, and no
         # shape-dependent Python value is baked into exported graphs.
         padding = torch.full_like(flat[:, :1], -1.0).expand(-1, k)
-        indices = torch.cat([flat, padding], dim=1).topk(k, dim=1, sorted=False).indices
-        ref = torch.zeros_like(torch.cat([flat, padding], dim=1)).scatter(1, indices, 1.0)
+        padded = torch.cat([flat, padding], dim=1)
+        indices = padded.topk(k, dim=1, sorted=False).indices
+        ref = torch.zeros_like(padded).scatter(1, indices, 1.0)
         ref = ref[:, : flat.shape[1]]
         if prevent_oversampling:
             ref = ref * (flat > 0).to(ref.dtype)
