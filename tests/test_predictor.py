@@ -188,3 +188,24 @@ def test_load_from_a_checkpoint_and_load_errors(tmp_path: Path, models: dict[str
         Predictor.load(models["onnx"], checkpoint=checkpoint)
     with pytest.raises(UsageError, match="cannot run a torchscript model"):
         Predictor.load(models["torchscript"], provider="tensorrt")
+
+
+# Runners compared for parity in test_same_results_through_every_runner, and runners whose
+# parity needs hardware this suite cannot assume (with where it is tested instead).
+PARITY_RUNNERS = {"onnxruntime", "torchscript", "pytorch"}
+HARDWARE_ONLY_RUNNERS = {"tensorrt": "tests/tensorrt/test_tensorrt_engine.py (marked tensorrt)"}
+
+
+def test_every_registered_runner_is_in_the_parity_matrix() -> None:
+    from runtimes import runner_names
+
+    missing = set(runner_names()) - PARITY_RUNNERS - set(HARDWARE_ONLY_RUNNERS)
+    assert not missing, f"runners without a parity test: {sorted(missing)}; add them to the cross-runner test"
+
+
+def test_every_export_format_is_in_the_parity_matrix() -> None:
+    from bgm_deploy.export import FORMATS
+
+    # onnx: tests/exporters/test_onnx.py matrix; torchscript: tests/exporters/test_torchscript.py
+    # and the cross-runner test above; tensorrt engines: hardware-only (see above).
+    assert set(FORMATS) == {"onnx", "torchscript"}
