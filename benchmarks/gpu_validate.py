@@ -21,16 +21,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import os
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bgm_deploy.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
 PRESETS = {"hd": ((1080, 1920), 0.25, 80_000), "4k": ((2160, 3840), 0.125, 320_000)}
@@ -71,12 +71,6 @@ def _compare(outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -
     result["ref_sm_agreement"] = float((outputs["ref_sm"] == reference["ref_sm"]).mean())
     return result
 
-
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
 
 
 def validate_preset(preset: str, workdir: Path, args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
@@ -220,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "environment": environment_info(), "presets": []}
     for preset in presets:
         report["presets"].append(validate_preset(preset, args.out, args, print))
-    _write_atomic(args.out / "gpu_validation.json", json.dumps(report, indent=2, default=str) + "\n")
-    _write_atomic(args.out / "gpu_validation.md", markdown(report))
+    atomic_write_text(args.out / "gpu_validation.json", json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(args.out / "gpu_validation.md", markdown(report))
     print(f"wrote {args.out / 'gpu_validation.json'} and {args.out / 'gpu_validation.md'}")
     return 0
 

@@ -8,12 +8,11 @@ is needed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bgm_deploy.atomic import atomic_write_bytes
 from bgm_deploy.errors import UsageError
 
 from .stats import LatencyStats
@@ -138,17 +137,7 @@ class BenchReport:
 
 def write_atomic(path: str | Path, data: bytes) -> Path:
     """Writes ``data`` to a temp file beside ``path``, then renames it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_bytes(path, data)
 
 
 # -- table / markdown ------------------------------------------------------------------------

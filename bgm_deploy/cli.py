@@ -160,18 +160,6 @@ def bench(ctx: click.Context, models: tuple[str, ...], backends: tuple[str, ...]
     click.echo(render_table(report))
 
 
-def _write_json_atomic(path: str, data: dict[str, Any]) -> None:
-    """JSON to ``path`` through a temp file in the same folder (never half-written)."""
-    import os
-    import tempfile
-    from pathlib import Path
-
-    target = Path(path)
-    handle, tmp = tempfile.mkstemp(suffix=".json", dir=target.parent if str(target.parent) else ".")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(data, stream, indent=2)
-    os.replace(tmp, target)
-
 
 def _parse_size(value: str | None, option: str) -> tuple[int, int] | None:
     if value is None:
@@ -402,7 +390,9 @@ def export_command(
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if json_path:
-        _write_json_atomic(json_path, report.to_dict())
+        from .atomic import atomic_write_text
+
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2))
     click.echo(f"{report.path} ({report.size_bytes / 1e6:.1f} MB, {sum(report.seconds.values()):.1f} s)")
     if onnx_format and target == "tensorrt":
         from .export import tensorrt_preflight

@@ -8,24 +8,17 @@ that ``--skip-existing`` would take for a finished one.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import atomic_open, atomic_write_text  # noqa: F401 - re-exported for callers
 from .errors import ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # PIL's decompression-bomb limit (~89 MP) is lower than a 12K frame; keep a sane cap.
 Image.MAX_IMAGE_PIXELS = 200_000_000
-# Temporary files are created 0600; give finished outputs the usual umask-based mode.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 def is_image_file(path: Path) -> bool:
@@ -79,31 +72,6 @@ def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def to_uint8(values: np.ndarray) -> np.ndarray:
     """0..1 floats to uint8 with rounding (not truncation)."""
     return np.clip(np.rint(np.asarray(values, dtype=np.float32) * 255.0), 0, 255).astype(np.uint8)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | Path) -> Iterator[IO[bytes]]:
-    """A binary file handle whose content appears at ``path`` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".part", delete=False)
-    try:
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(handle.name, 0o666 & ~_UMASK)
-        os.replace(handle.name, path)
-    except BaseException:
-        # Interrupted or failed: leave no partial file behind, then re-raise.
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(handle.name)
-        raise
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    with atomic_open(path) as handle:
-        handle.write(text.encode("utf-8"))
 
 
 def save_image(path: str | Path, array: np.ndarray, quality: int = 95) -> None:

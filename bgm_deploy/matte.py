@@ -25,7 +25,7 @@ import numpy as np
 
 from .config import ModelConfig
 from .errors import BgmDeployError, ImageError, UsageError
-from .images import IMAGE_SUFFIXES, atomic_write_text, is_image_file, load_image, resize_rgb, save_image, to_uint8
+from .images import IMAGE_SUFFIXES, atomic_write_text, load_image, resize_rgb, save_image, to_uint8
 from .predictor import OUTPUT_CHOICES, Prediction, Predictor
 
 log = logging.getLogger(__name__)

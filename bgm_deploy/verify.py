@@ -15,8 +15,6 @@ is explained (warning); different values under the same selection is a failure.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_open, atomic_write_text
 from .config import ModelConfig
 from .errors import ImageError, UsageError
 
@@ -416,10 +415,8 @@ def _save_diff(folder: Path, case: CaseResult, expected: dict[str, np.ndarray], 
             heat = (np.clip(diff[image] / scale, 0, 1) * 255).astype(np.uint8)
             rgb = np.stack([heat, np.zeros_like(heat), 255 - heat], axis=-1)
             path = folder / f"{slug}_b{image}_{name}_absdiff_max{scale:.2e}.png"
-            handle, tmp = tempfile.mkstemp(suffix=".png", dir=folder)
-            os.close(handle)
-            Image.fromarray(rgb).save(tmp)
-            os.replace(tmp, path)
+            with atomic_open(path) as handle:
+                Image.fromarray(rgb).save(handle, format="PNG")
             written.append(str(path))
     return written
 
@@ -519,12 +516,7 @@ def format_table(report: VerifyReport) -> str:
 
 def write_json(report: VerifyReport, path: str | Path) -> None:
     """Writes the report atomically."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(suffix=".json", dir=target.parent)
-    with os.fdopen(handle, "w") as stream:
-        json.dump(report.to_dict(), stream, indent=2, default=_json_default)
-    os.replace(tmp, target)
+    atomic_write_text(path, json.dumps(report.to_dict(), indent=2, default=_json_default))
 
 
 def _json_default(value: Any) -> Any:

@@ -19,8 +19,6 @@ limits of TensorRT's ONNX parser (onnx-tensorrt's operator support matrix, Tenso
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,17 +130,9 @@ class PreflightReport:
 
     def write_json(self, path: str | Path) -> Path:
         """Writes the report atomically (temp file in the same directory, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(self.to_json() + "\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        from bgm_deploy.atomic import atomic_write_text
+
+        return atomic_write_text(path, self.to_json() + "\n")
 
 
 def parse_version(text: str) -> tuple[int, int]:

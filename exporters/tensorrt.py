@@ -18,13 +18,12 @@ refuses a mismatch with a message instead of letting deserialisation crash.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bgm_deploy.atomic import atomic_write_bytes
 from bgm_deploy.checkpoint import file_sha256
 from bgm_deploy.config import ModelConfig
 from bgm_deploy.errors import ExportError, ModelFileError, RuntimeUnavailableError, UsageError
@@ -183,17 +182,6 @@ def sidecar_path(engine_path: str | Path) -> Path:
     engine_path = Path(engine_path)
     return engine_path.with_suffix(engine_path.suffix + ".json")
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def engine_environment_of(metadata: ExportMetadata, source: str) -> EngineEnvironment:
@@ -366,9 +354,9 @@ def engine_from_onnx(
     serialized = builder.build_serialized_network(network, builder_config)
     if serialized is None:
         raise ExportError(f"TensorRT failed to build an engine from {onnx_path}; rerun with -vv for the builder log")
-    _write_atomic(output, bytes(serialized))
+    atomic_write_bytes(output, bytes(serialized))
     if cache_path is not None:
-        _write_atomic(cache_path, bytes(builder_config.get_timing_cache().serialize()))
+        atomic_write_bytes(cache_path, bytes(builder_config.get_timing_cache().serialize()))
 
     export = {
         **asdict(here),
@@ -382,6 +370,6 @@ def engine_from_onnx(
     }
     metadata = ExportMetadata(source.model_config, "tensorrt", export)
     side = sidecar_path(output)
-    _write_atomic(side, (metadata.to_json() + "\n").encode())
+    atomic_write_bytes(side, (metadata.to_json() + "\n").encode())
     say(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) and {side.name}")
     return EngineInfo(output, side, export)
