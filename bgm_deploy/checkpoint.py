@@ -110,12 +110,19 @@ def load_state(model: MattingBase, state: dict[str, Tensor], path: str, strict: 
     if isinstance(model, MattingRefine) and not any(k.startswith("refiner.") for k in state):
         warnings.append(f"{path}: a MattingBase checkpoint loaded into MattingRefine; the refiner keeps its initial weights")
         state = {**{k: v for k, v in model.state_dict().items() if k.startswith("refiner.")}, **state}
-    result = model.load_state_dict(state, strict=False)
+    own = model.state_dict()
     mismatched = [
-        f"{k} {tuple(v.shape)} (checkpoint) vs {tuple(model.state_dict()[k].shape)} (model)"
+        f"{k} {tuple(v.shape)} (checkpoint) vs {tuple(own[k].shape)} (model)"
         for k, v in state.items()
-        if k in model.state_dict() and model.state_dict()[k].shape != v.shape
+        if k in own and own[k].shape != v.shape
     ]
+    if mismatched:
+        # load_state_dict raises a bare RuntimeError for these even with strict=False.
+        raise CheckpointError(
+            f"{path}: {len(mismatched)} tensors have other shapes than the model's "
+            f"(e.g. {'; '.join(mismatched[:3])}): a checkpoint of another architecture?"
+        )
+    result = model.load_state_dict(state, strict=False)
     if result.missing_keys or result.unexpected_keys:
         detail = (
             f"{len(result.missing_keys)} missing keys (e.g. {', '.join(result.missing_keys[:3]) or '-'}), "

@@ -167,3 +167,12 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     # --debug shows the real exception instead of the one line
     result = runner.invoke(cli, ["--debug", "inspect", str(tmp_path / "missing.onnx")])
     assert result.exit_code != 0 and result.exception is not None
+
+
+def test_shape_mismatch_is_a_checkpoint_error(refine_checkpoint: Path, tmp_path: Path) -> None:
+    state = torch.load(refine_checkpoint, weights_only=True)
+    state["decoder.conv4.weight"] = torch.zeros(37, 54, 1, 1)
+    path = tmp_path / "reshaped.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"decoder.conv4.weight \(37, 54, 1, 1\) \(checkpoint\)"):
+        build_model(ModelConfig(), path)
