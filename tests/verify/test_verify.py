@@ -23,7 +23,8 @@ SMALL = VerifyConfig(resolutions=((160, 128), (128, 96)), batch=2, inputs=("rand
 def _config(**changes) -> ModelConfig:
     changes.setdefault("refine_patch_crop_method", "roi_align")
     changes.setdefault("refine_patch_replace_method", "scatter_element")
-    return ModelConfig(backbone_scale=0.25, refine_sample_pixels=2_000, **changes)
+    changes.setdefault("refine_sample_pixels", 2_000)
+    return ModelConfig(backbone_scale=0.25, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -214,3 +215,131 @@ def test_usage_and_environment_errors_exit_2(onnx_legacy: Path, args: list[str],
     assert result.exit_code == 2, result.output
     assert message.lower() in result.output.lower()
     assert "Traceback" not in result.output
+
+
+# -- the selection boundary (issue: a tie flip must be an explained warning) --------------
+def _synthetic_case(err_q: np.ndarray, ref_ref: np.ndarray, ref_rt: np.ndarray, flip_blocks_in_pha: bool = True):
+    """Reference/runtime outputs of a 1x3xHxW image whose quarter-resolution error map is
+    ``err_q`` (err_sm at quarter size, so the bilinear resize is the identity); the runtime's
+    pha differs by 0.5 in the 4x4 blocks where the two selections differ."""
+    _, _, hq, wq = err_q.shape
+    pha = np.zeros((1, 1, hq * 4, wq * 4), dtype=np.float32)
+    expected = {"pha": pha, "fgr": np.zeros((1, 3, hq * 4, wq * 4), np.float32), "err_sm": err_q, "ref_sm": ref_ref}
+    differing = (ref_ref > 0.5) != (ref_rt > 0.5)
+    got_pha = pha + 0.5 * np.repeat(np.repeat(differing, 4, axis=2), 4, axis=3) * flip_blocks_in_pha
+    got = {"pha": got_pha.astype(np.float32), "fgr": expected["fgr"].copy(), "err_sm": err_q.copy(), "ref_sm": ref_rt}
+    return expected, got
+
+
+def _cells(values: list[float]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32).reshape(1, 1, 2, 4)
+
+
+def test_sampling_tie_flip_is_an_explained_warning() -> None:
+    from bgm_deploy.verify import compare_case
+
+    err_q = _cells([0.9, 0.5, 0.5, 0.1, 0.05, 0.2, 0.3, 0.0])
+    ref_ref = _cells([1, 1, 0, 0, 0, 0, 0, 0])
+    ref_rt = _cells([1, 0, 1, 0, 0, 0, 0, 0])  # the other of the two cells tied at the k-th value
+    config = ModelConfig(refine_sample_pixels=2 * 16)  # k = 2
+    expected, got = _synthetic_case(err_q, ref_ref, ref_rt)
+    case = compare_case("tie", [1, 3, 8, 16], expected, got, config, "float32", VerifyConfig())
+    assert case.verdict == "warn", case.notes
+    assert (case.selection.differing, case.selection.differing_at_ties) == (2, 2)
+    assert any("selection boundary" in note for note in case.notes)
+
+
+def test_sampling_flip_away_from_the_boundary_fails() -> None:
+    from bgm_deploy.verify import compare_case
+
+    err_q = _cells([0.9, 0.5, 0.5, 0.1, 0.05, 0.2, 0.3, 0.0])
+    ref_ref = _cells([1, 1, 0, 0, 0, 0, 0, 0])
+    ref_rt = _cells([1, 0, 0, 1, 0, 0, 0, 0])  # 0.1 is far below the k-th value 0.5
+    expected, got = _synthetic_case(err_q, ref_ref, ref_rt)
+    case = compare_case("flip", [1, 3, 8, 16], expected, got, ModelConfig(refine_sample_pixels=32), "float32", VerifyConfig())
+    assert case.verdict == "fail"
+    assert any("away from any tie" in note for note in case.notes)
+
+
+def test_thresholding_rounding_flip_warns_and_a_real_flip_fails() -> None:
+    from bgm_deploy.verify import compare_case
+
+    config = ModelConfig(refine_mode="thresholding", refine_threshold=0.1)
+    err_q = _cells([0.9, 0.1 + 3e-7, 0.05, 0.3, 0.0, 0.0, 0.2, 0.01])
+    ref_ref = (err_q > 0.1).astype(np.float32)
+    rounding = ref_ref.copy()
+    rounding[0, 0, 0, 1] = 0  # the runtime's error came out a hair below the threshold
+    case = compare_case("rounding", [1, 3, 8, 16], *_synthetic_case(err_q, ref_ref, rounding), config, "float32", VerifyConfig())
+    assert case.verdict == "warn", case.notes
+    real = ref_ref.copy()
+    real[0, 0, 1, 3] = 1  # error 0.01, far below the threshold
+    case = compare_case("real", [1, 3, 8, 16], *_synthetic_case(err_q, ref_ref, real), config, "float32", VerifyConfig())
+    assert case.verdict == "fail"
+
+
+def test_tie_flip_with_outputs_differing_elsewhere_fails() -> None:
+    from bgm_deploy.verify import compare_case
+
+    err_q = _cells([0.9, 0.5, 0.5, 0.1, 0.05, 0.2, 0.3, 0.0])
+    expected, got = _synthetic_case(err_q, _cells([1, 1, 0, 0, 0, 0, 0, 0]), _cells([1, 0, 1, 0, 0, 0, 0, 0]))
+    got["pha"][0, 0, 7, 15] += 0.01  # outside every differing block
+    case = compare_case("elsewhere", [1, 3, 8, 16], expected, got, ModelConfig(refine_sample_pixels=32), "float32", VerifyConfig())
+    assert case.verdict == "fail"
+    assert not any("same patch selection" in note for note in case.notes)
+
+
+def test_pruned_ref_sm_tie_is_explained_not_same_selection() -> None:
+    from bgm_deploy.verify import compare_case
+
+    err_q = _cells([0.9, 0.5, 0.5, 0.1, 0.05, 0.2, 0.3, 0.0])
+    expected, got = _synthetic_case(err_q, _cells([1, 1, 0, 0, 0, 0, 0, 0]), _cells([1, 0, 1, 0, 0, 0, 0, 0]))
+    pruned = {"pha": got["pha"], "fgr": got["fgr"]}
+    config = ModelConfig(refine_sample_pixels=32)
+    case = compare_case("pruned", [1, 3, 8, 16], expected, pruned, config, "float32", VerifyConfig())
+    assert case.verdict == "warn", case.notes
+    assert not any("same patch selection" in note for note in case.notes)
+    pruned["pha"] = pruned["pha"].copy()
+    pruned["pha"][0, 0, 0, 12] += 0.3  # cell (0, 3): error 0.1, nowhere near the boundary
+    case = compare_case("pruned", [1, 3, 8, 16], expected, pruned, config, "float32", VerifyConfig())
+    assert case.verdict == "fail"
+    assert not any("same patch selection" in note for note in case.notes)
+
+
+def test_hd_pair_with_tied_cells_is_a_warning_not_a_failure(tmp_path: Path, pairs_dir: Path) -> None:
+    """The reported case: seed 1 with the HD preset (k = 5,000) on the HD photo pair; 1,324
+    cells tied at the k-th error are picked differently by onnxruntime's and PyTorch's top-k.
+    This failed before the boundary fix; it must pass with an explained warning."""
+    import shutil
+
+    path = tmp_path / "s.onnx"
+    report = export(_config(seed=1, refine_sample_pixels=80_000), path, "onnx",
+                    onnx=OnnxConfig(exporter="legacy", trace_resolution=(320, 256)))
+    assert report.recheck_max_abs_diff is not None
+    hd = tmp_path / "pairs"
+    shutil.copytree(pairs_dir / "astronaut_rocket_1920x1080_shifted", hd / "astronaut_rocket_1920x1080_shifted")
+    result = verify(path, VerifyConfig(inputs=("pairs",), pairs_dir=str(hd)))
+    assert result.passed, [c.notes for c in result.cases]
+    case = result.cases[0]
+    assert case.verdict == "warn" and case.selection.differing > 0
+    assert case.selection.differing == case.selection.differing_at_ties
+    assert any("ties" in warning for warning in result.warnings)
+
+
+def test_save_diff_heatmap_has_image_and_legend(onnx_legacy: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    from bgm_deploy.verify import render_diff
+
+    image = np.zeros((3, 64, 96), dtype=np.float32)
+    image[:, :, 48:] = 1.0  # a visible image beneath: left half dark, right half light
+    diff = np.zeros((64, 96), dtype=np.float32)
+    diff[10:20, 10:20] = 0.05
+    picture = render_diff(image, diff, 1e-4, "case")
+    array = np.asarray(picture)
+    assert picture.height > 64 + 40  # the colour bar and its labels below the image
+    body = array[18 : 18 + 64, :96].astype(int)
+    assert body[40, 20].sum() < body[40, 70].sum()  # the image shows through where there is no error
+    assert tuple(body[15, 15]) != tuple(body[40, 20])  # the error is coloured
+    legend = array[18 + 64 :]
+    assert (legend < 100).any() and (legend.std(axis=(0, 2)) > 0).any()  # text and a ramp drawn
+    Image.fromarray(array).save(tmp_path / "h.png")
