@@ -31,6 +31,7 @@ from bgm_deploy.errors import ExportError, UsageError
 from .config import INPUT_NAMES, OnnxConfig, dynamic_axes, output_names, tensor_axes
 from .metadata import METADATA_KEY, ExportMetadata
 from .patcher import EXPORT_PATCHES, ModelPatcher, Patch
+from .progress import stage
 
 Progress = Callable[[str], None]
 # Simplified and unsimplified graphs run the same kernels; any larger gap means onnxsim
@@ -317,28 +318,30 @@ def onnx_from_torch(
     result = OnnxExportResult(path=output, size_bytes=0, outputs=names)
     temp = temp_path_for(output, ".onnx")
     try:
-        start = time.perf_counter()
-        say(f"export: {config.exporter} exporter, opset {config.opset}, {config.precision}, outputs {','.join(names)}")
-        try:
-            with ModelPatcher(module, export_patches(config.target)), torch.no_grad():
-                _export_graph(wrapper, inputs, names, config, temp)
-        except (ExportError, UsageError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - exporters raise many unrelated types; re-raised as one
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise ExportError(f"the {config.exporter} ONNX exporter failed: {type(exc).__name__}: {first[:300]}") from exc
-        result.seconds["export"] = time.perf_counter() - start
+        description = (f"{config.exporter} exporter, opset {config.opset}, {config.precision}, outputs {','.join(names)} "
+                       f"(tracing at {config.trace_resolution[0]}x{config.trace_resolution[1]}; 10-60 s)")
+        with stage(say, "export", description) as timing:
+            try:
+                with ModelPatcher(module, export_patches(config.target)), torch.no_grad():
+                    _export_graph(wrapper, inputs, names, config, temp)
+            except (ExportError, UsageError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - exporters raise many unrelated types; re-raised as one
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise ExportError(f"the {config.exporter} ONNX exporter failed: {type(exc).__name__}: {first[:300]}") from exc
+        result.seconds["export"] = timing["seconds"]
+        say(f"export: graph written ({timing['seconds']:.1f} s)")
 
         proto = onnx.load(str(temp))
         _rename_dims(proto, names)
         if config.simplify:
-            start = time.perf_counter()
-            proto, warning = _simplify(proto, names, config, dtype)
+            with stage(say, "simplify", "onnxsim, then a re-check against the exported graph in onnxruntime") as timing:
+                proto, warning = _simplify(proto, names, config, dtype)
             result.simplified = warning is None
             if warning:
                 result.warnings.append(warning)
                 say(f"warning: {warning}")
-            result.seconds["simplify"] = time.perf_counter() - start
+            result.seconds["simplify"] = timing["seconds"]
             say(f"simplify: {'done' if result.simplified else 'skipped'} ({result.seconds['simplify']:.1f} s)")
 
         width, height = config.trace_resolution
