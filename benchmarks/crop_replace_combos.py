@@ -21,11 +21,11 @@ from pathlib import Path
 import onnx
 import torch
 
-from bgm_deploy.checkpoint import build_model
-from bgm_deploy.config import ModelConfig
 from bgm_deploy.environment import environment_info
 from exporters.config import DEFAULT_OPSET, OnnxConfig
 from exporters.onnx import onnx_from_torch
+from model.checkpoint import build_model
+from model.config import ModelConfig
 
 COMBOS = (
     ("roi_align", "scatter_element"),

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bgm_deploy.atomic import atomic_write_text
+from exporters.atomic import atomic_write_text
 
 SCHEMA_VERSION = 1
 PRESETS = {"hd": ((1080, 1920), 0.25, 80_000), "4k": ((2160, 3840), 0.125, 320_000)}
@@ -78,13 +78,13 @@ def validate_preset(preset: str, workdir: Path, args: argparse.Namespace, say: C
     import onnx
     import torch
 
-    from bgm_deploy.checkpoint import build_model
-    from bgm_deploy.config import ModelConfig
     from exporters.metadata import METADATA_KEY, ExportMetadata
     from exporters.patcher import EXPORT_PATCHES, ModelPatcher
     from exporters.preflight import preflight_onnx
     from exporters.tensorrt import EngineConfig, engine_from_onnx
     from exporters.tensorrt_safe import TENSORRT_PATCHES
+    from model.checkpoint import build_model
+    from model.config import ModelConfig
     from runtimes import create_runner
 
     (height, width), scale, pixels = PRESETS[preset]

@@ -16,13 +16,21 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from bgm_deploy.align import align_background
-from bgm_deploy.config import ModelConfig
-from bgm_deploy.errors import RuntimeUnavailableError
-from bgm_deploy.images import checkerboard, composite_over, load_image, resize_rgb, save_image, to_uint8
+from bgm_deploy.images import (
+    BUNDLED_PAIRS_DIR,
+    checkerboard,
+    composite_over,
+    load_image,
+    resize_rgb,
+    save_image,
+    to_uint8,
+)
 from bgm_deploy.predictor import Predictor
+from model.config import ModelConfig
+from model.errors import RuntimeUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
-PAIRS = REPO / "bgm_deploy" / "data" / "pairs"
+PAIRS = BUNDLED_PAIRS_DIR
 COLUMNS = ("src", "bgr", "ground-truth alpha", "pha (synthetic weights)", "com over checkerboard")
 
 

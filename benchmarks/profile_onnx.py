@@ -21,9 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.backends import ArtifactCache
-from bgm_deploy.bench import FIXED_PAIR, PAIRS_DIR, _load_rgb, _model_config, _to_batch, BenchConfig, parse_resolution
-from bgm_deploy.errors import BgmDeployError
+import runtimes
+from bgm_deploy.bench import FIXED_PAIR, BenchConfig, _load_rgb, _model_config, _to_batch, parse_resolution
+from bgm_deploy.bench.backends import ArtifactCache
+from bgm_deploy.bench.report import write_atomic
+from bgm_deploy.images import BUNDLED_PAIRS_DIR
+from model.errors import BgmDeployError
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,6 @@ def aggregate(events: list[dict[str, Any]], runs: int, by: str = "op") -> list[O
 
 def profile(onnx_path: Path, feeds: dict[str, np.ndarray], runs: int, threads: int | None, workdir: Path) -> list[dict[str, Any]]:
     """Runs ``onnx_path`` once untimed, then ``runs`` times profiled; returns the trace events."""
-    import runtimes
 
     options = {"enable_profiling": True, "profile_file_prefix": str(workdir / "ort_profile")}
     runner = runtimes.create_runner("onnxruntime", path=onnx_path, provider="cpu", threads=threads, session_options=options)
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 artifacts = ArtifactCache(workdir, lambda message: print(message, file=sys.stderr), onnx_exporter=args.exporter)
                 path = artifacts.path(config, "onnx", "generic", size)
             feeds = {
-                part: _to_batch(_load_rgb(PAIRS_DIR / FIXED_PAIR / f"{part}.jpg", size), 1) for part in ("src", "bgr")
+                part: _to_batch(_load_rgb(BUNDLED_PAIRS_DIR / FIXED_PAIR / f"{part}.jpg", size), 1) for part in ("src", "bgr")
             }
             print(f"profiling {path.name} at {size[0]}x{size[1]}, {args.runs} runs…", file=sys.stderr)
             events = profile(path, feeds, args.runs, args.threads, workdir)
@@ -116,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(_table(aggregate(events, args.runs, "node"), args.top_nodes))
     if args.json:
-        from benchmarks.report import write_atomic
 
         data = {"schema_version": 1, "resolution": f"{size[0]}x{size[1]}", "runs": args.runs, "ops": [asdict(r) for r in by_op]}
         write_atomic(args.json, (json.dumps(data, indent=2) + "\n").encode())

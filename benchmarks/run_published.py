@@ -21,11 +21,19 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.backends import unavailable_reason
-from benchmarks.harness import TimingConfig
-from benchmarks.report import BenchReport, SkippedBackend, render_markdown, render_table, write_atomic, write_json, write_plot
 from bgm_deploy.bench import BenchConfig, bench
-from bgm_deploy.errors import BgmDeployError
+from bgm_deploy.bench.backends import unavailable_reason
+from bgm_deploy.bench.harness import TimingConfig
+from bgm_deploy.bench.report import (
+    BenchReport,
+    SkippedBackend,
+    render_markdown,
+    render_table,
+    write_atomic,
+    write_json,
+    write_plot,
+)
+from model.errors import BgmDeployError
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"

@@ -15,7 +15,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from exporters.metadata import BGM_DEPLOY_VERSION as __version__  # noqa: N811 - the conventional name
 
 # public name -> module that defines it
 _EXPORTS = {
@@ -31,12 +31,25 @@ _EXPORTS = {
     "verify": ".verify",
 }
 
-__all__ = sorted([*_EXPORTS, "__version__"])
+__all__ = [
+    "BenchConfig",
+    "BgmDeployError",
+    "ModelConfig",
+    "Predictor",
+    "VerifyConfig",
+    "__version__",
+    "auto_backbone_scale",
+    "bench",
+    "export",
+    "matte",
+    "verify",
+]
 
 if TYPE_CHECKING:
+    from model.config import ModelConfig, auto_backbone_scale
+    from model.errors import BgmDeployError
+
     from .bench import BenchConfig, bench
-    from .config import ModelConfig, auto_backbone_scale
-    from .errors import BgmDeployError
     from .export import export
     from .matte import matte
     from .predictor import Predictor

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import RuntimeUnavailableError
+from model.errors import RuntimeUnavailableError
 
 INSTALL_HINT = 'pip install "bgm-deploy[align]"'
 

@@ -14,8 +14,9 @@ from typing import Any, Callable
 
 import click
 
+from model.errors import BgmDeployError
+
 from . import __version__
-from .errors import BgmDeployError
 
 log = logging.getLogger("bgm_deploy")
 
@@ -128,10 +129,11 @@ def bench(ctx: click.Context, models: tuple[str, ...], backends: tuple[str, ...]
     """Benchmark backends (latency table; without MODEL: the default model, exported on the fly)."""
     from pathlib import Path
 
-    from benchmarks.harness import TimingConfig
-    from benchmarks.report import render_table
+    from bgm_deploy.bench.harness import TimingConfig
+    from bgm_deploy.bench.report import render_table
 
-    from .bench import BenchConfig, bench as run_bench, parse_resolution, parse_warmup, split_list
+    from .bench import BenchConfig, parse_resolution, parse_warmup, split_list
+    from .bench import bench as run_bench
 
     state: Context = ctx.find_object(Context) or Context()
     config = BenchConfig(
@@ -225,8 +227,10 @@ def matte(
     report_path: str | None,
 ) -> None:
     """Matte photos: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
-    from .errors import UsageError
-    from .matte import MatteOptions, ProgressPrinter, matte as run_matte
+    from model.errors import UsageError
+
+    from .matte import MatteOptions, ProgressPrinter
+    from .matte import matte as run_matte
     from .predictor import config_from_checkpoint
 
     options = MatteOptions(
@@ -334,9 +338,9 @@ def export_command(
 ) -> None:
     """Export a model to ONNX or TorchScript (with its config embedded as metadata)."""
     from exporters.config import DEFAULT_EXPORTER, DEFAULT_OPSET, OnnxConfig, TorchScriptConfig
+    from model.config import ModelConfig, auto_backbone_scale
+    from model.errors import UsageError
 
-    from .config import ModelConfig, auto_backbone_scale
-    from .errors import UsageError
     from .export import export as run_export
 
     size = _parse_size(resolution, "--resolution")
@@ -390,7 +394,7 @@ def export_command(
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if json_path:
-        from .atomic import atomic_write_text
+        from exporters.atomic import atomic_write_text
 
         atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2))
     click.echo(f"{report.path} ({report.size_bytes / 1e6:.1f} MB, {sum(report.seconds.values()):.1f} s)")
@@ -443,7 +447,7 @@ def inspect_command(model: str, as_json: bool) -> None:
 
 def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict[str, float]]:
     """``1e-4`` (every output) or ``pha=1e-4,fgr=2e-4`` (per output)."""
-    from .errors import UsageError
+    from model.errors import UsageError
 
     if value is None:
         return None, {}

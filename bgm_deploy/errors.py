@@ -1,58 +1,26 @@
-"""The one exception hierarchy of bgm-deploy.
-
-Every error a user can cause derives from :class:`BgmDeployError`; the CLI turns
-these into one readable line and an exit code (``exit_code`` attribute), never a
-traceback. Messages name the argument, the value received and what is valid.
-"""
+"""The exception hierarchy of bgm-deploy, re-exported for API users (defined in
+:mod:`model.errors`, the lowest layer, so every layer raises the same classes)."""
 
 from __future__ import annotations
 
+from model.errors import (
+    BgmDeployError,
+    CheckpointError,
+    ExportError,
+    ImageError,
+    ModelFileError,
+    RunnerError,
+    RuntimeUnavailableError,
+    UsageError,
+)
 
-class BgmDeployError(Exception):
-    """Root of all bgm-deploy errors. ``exit_code`` is what the CLI exits with."""
-
-    exit_code: int = 1
-
-
-class UsageError(BgmDeployError, ValueError):
-    """An argument or option has a value that cannot work (exit code 2)."""
-
-    exit_code = 2
-
-
-class CheckpointError(BgmDeployError):
-    """A checkpoint file is missing, unreadable, or for another architecture."""
-
-    exit_code = 2
-
-
-class ExportError(BgmDeployError):
-    """Exporting a model failed."""
-
-
-class RuntimeUnavailableError(BgmDeployError):
-    """A requested backend, provider or device is not usable on this machine (exit 2)."""
-
-    exit_code = 2
-
-
-class RunnerError(BgmDeployError):
-    """A runner was used wrongly (bad input names, dtypes, shapes, or not activated)."""
-
-    exit_code = 2
-
-
-class ModelFileError(BgmDeployError):
-    """A model file (ONNX, TorchScript, engine) is missing, corrupt, or lacks metadata."""
-
-    exit_code = 2
-
-
-class ParityError(BgmDeployError):
-    """An exported model does not match its PyTorch reference (exit code 1)."""
-
-    exit_code = 1
-
-
-class ImageError(BgmDeployError):
-    """An image could not be read, decoded or written."""
+__all__ = [
+    "BgmDeployError",
+    "CheckpointError",
+    "ExportError",
+    "ImageError",
+    "ModelFileError",
+    "RunnerError",
+    "RuntimeUnavailableError",
+    "UsageError",
+]

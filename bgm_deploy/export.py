@@ -12,10 +12,16 @@ from typing import Any
 import torch
 
 from exporters.config import OnnxConfig, TorchScriptConfig
+from exporters.onnx import example_inputs, onnx_from_torch
+from exporters.preflight import preflight_onnx
+from exporters.tensorrt import EngineConfig, engine_from_onnx, import_tensorrt, require_gpu
+from exporters.torchscript import torchscript_from_torch
+from model.checkpoint import build_model, config_for_checkpoint
+from model.config import ModelConfig
+from model.errors import ExportError, UsageError
+from runtimes import create_runner
 
-from .checkpoint import build_model, config_for_checkpoint
-from .config import ModelConfig
-from .errors import ExportError, UsageError
+from .verify import VerifyConfig, compare_case
 
 FORMATS = ("onnx", "torchscript")
 REPORT_SCHEMA_VERSION = 1
@@ -59,10 +65,7 @@ def _recheck_onnx(path: Path, model: torch.nn.Module, model_config: ModelConfig,
     """The exported file against the eager model at the trace size, through the runner
     layer and verify's comparison (the one parity rule: a patch selected differently only
     at a tie is explained, not a failure). Returns the :class:`CaseResult`."""
-    from exporters.onnx import example_inputs
-    from runtimes import create_runner
 
-    from .verify import VerifyConfig, compare_case
 
     src, bgr = (t.numpy() for t in example_inputs(config, torch.float32, seed=3))
     reference = create_runner("pytorch", module=model, model_type=model_config.model_type)
@@ -101,8 +104,6 @@ def export(
     Raises:
         UsageError, CheckpointError, ExportError: see the message.
     """
-    from exporters.onnx import onnx_from_torch
-    from exporters.torchscript import torchscript_from_torch
 
     say = progress or (lambda _message: None)
     if format not in FORMATS:
@@ -187,7 +188,6 @@ def export_engine(
     """
     import tempfile
 
-    from exporters.tensorrt import EngineConfig, engine_from_onnx, import_tensorrt, require_gpu
 
     engine = engine or EngineConfig()
     import_tensorrt()
@@ -205,6 +205,5 @@ def export_engine(
 
 def tensorrt_preflight(path: str | Path) -> Any:
     """The TensorRT preflight report of an exported ONNX file (``exporters.preflight``)."""
-    from exporters.preflight import preflight_onnx
 
     return preflight_onnx(path, target="tensorrt")

@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .atomic import atomic_open, atomic_write_text  # noqa: F401 - re-exported for callers
-from .errors import ImageError
+from exporters.atomic import atomic_open, atomic_write_text  # noqa: F401 - re-exported for callers
+from model.errors import ImageError
 
+# The real photo pairs shipped with the package (src, bgr, ground-truth alpha per folder).
+BUNDLED_PAIRS_DIR = Path(__file__).resolve().parent / "data" / "pairs"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 # PIL's decompression-bomb limit (~89 MP) is lower than a 12K frame; keep a sane cap.
 Image.MAX_IMAGE_PIXELS = 200_000_000

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.metadata import TORCHSCRIPT_EXTRA_FILE, detect_format, read_metadata
-
-from .errors import ModelFileError
+from model.errors import ModelFileError
 
 INSPECT_SCHEMA_VERSION = 1
 _ONNX_DTYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool", 11: "float64"}

@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from .config import ModelConfig
-from .errors import BgmDeployError, ImageError, UsageError
+from model.config import ModelConfig
+from model.errors import BgmDeployError, ImageError, UsageError
+
+from .align import align_background, import_cv2
 from .images import IMAGE_SUFFIXES, atomic_write_text, load_image, resize_rgb, save_image, to_uint8
 from .predictor import OUTPUT_CHOICES, Prediction, Predictor
 
@@ -265,7 +267,6 @@ def matte(
     started = time.perf_counter()
     plan = find_pairs(src, bgr)
     if options.align:
-        from .align import import_cv2
 
         import_cv2()  # fail before loading the model, with the install hint
     todo, results = _plan_results(plan, output, options)
@@ -423,7 +424,6 @@ def _decode(pair: Pair, options: MatteOptions, shared: _SharedImage | None) -> D
         src, bgr = resize_rgb(src, options.resize), resize_rgb(bgr, options.resize)
     align = None
     if options.align:
-        from .align import align_background
 
         bgr, result = align_background(src, bgr)
         align = result.to_dict()

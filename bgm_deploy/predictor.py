@@ -15,8 +15,13 @@ from typing import Any
 
 import numpy as np
 
-from .config import ModelConfig
-from .errors import ModelFileError, UsageError
+from exporters.metadata import detect_format, read_metadata
+from model.checkpoint import config_for_checkpoint, read_checkpoint
+from model.config import ModelConfig
+from model.errors import ModelFileError, UsageError
+from runtimes import BaseRunner, create_runner
+from runtimes.providers import runner_options as options_for
+
 from .images import pil_to_rgb, to_uint8
 
 log = logging.getLogger(__name__)
@@ -115,8 +120,6 @@ class Predictor:
         Raises:
             UsageError, ModelFileError, CheckpointError, RuntimeUnavailableError.
         """
-        from runtimes import BaseRunner, create_runner
-        from runtimes.providers import runner_options as options_for
 
         if isinstance(runner, BaseRunner):
             model_type = model_config.model_type if model_config is not None else None
@@ -137,7 +140,6 @@ class Predictor:
             )
         extra = dict(runner_options or {})
         if path is not None:
-            from exporters.metadata import detect_format, read_metadata
 
             fmt = detect_format(path)
             try:
@@ -262,7 +264,6 @@ class Predictor:
 
 def _pytorch_config(checkpoint: str | Path | None, model_config: ModelConfig | None) -> ModelConfig:
     """The config of the PyTorch reference: from the checkpoint's keys unless given."""
-    from .checkpoint import config_for_checkpoint
 
     if checkpoint is None:
         if model_config is None:
@@ -283,7 +284,6 @@ def config_from_checkpoint(checkpoint: str | Path, **overrides: Any) -> ModelCon
     Raises:
         CheckpointError: unreadable file; UsageError: an override is not valid.
     """
-    from .checkpoint import config_for_checkpoint, read_checkpoint
 
     _, info = read_checkpoint(checkpoint)
     settings: dict[str, Any] = {

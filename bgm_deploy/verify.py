@@ -22,9 +22,15 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import atomic_open, atomic_write_text
-from .config import ModelConfig
-from .errors import ImageError, UsageError
+from exporters.atomic import atomic_open, atomic_write_text
+from exporters.metadata import read_metadata
+from model.config import ModelConfig
+from model.errors import ImageError, UsageError
+from runtimes import create_runner
+from runtimes.providers import runner_options
+
+from .environment import environment_info
+from .images import BUNDLED_PAIRS_DIR
 
 REPORT_SCHEMA_VERSION = 1
 DEFAULT_RESOLUTIONS: tuple[tuple[int, int], ...] = ((320, 256), (256, 192), (640, 480))
@@ -277,10 +283,6 @@ def _random_case(width: int, height: int, batch: int, seed: int) -> tuple[np.nda
     return src, bgr
 
 
-def bundled_pairs_dir() -> Path:
-    return Path(__file__).resolve().parent / "data" / "pairs"
-
-
 def _load_pairs(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -321,7 +323,7 @@ def _cases(config: VerifyConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
         src, _ = _random_case(width, height, 1, config.seed + 200)
         cases.append((f"random {width}x{height} src=bgr", src, src.copy()))
     if "pairs" in config.inputs:
-        cases.extend(_load_pairs(Path(config.pairs_dir) if config.pairs_dir else bundled_pairs_dir()))
+        cases.extend(_load_pairs(Path(config.pairs_dir) if config.pairs_dir else BUNDLED_PAIRS_DIR))
     return cases
 
 
@@ -549,11 +551,7 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
             cannot be run (exit code 2 on the CLI). A parity failure is *not* raised: it is
             the report's verdict (``report.passed`` is False).
     """
-    from exporters.metadata import read_metadata
-    from runtimes import create_runner
-    from runtimes.providers import runner_options
 
-    from .environment import environment_info
 
     config = config or VerifyConfig()
     say = progress or (lambda message: None)

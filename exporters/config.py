@@ -16,13 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bgm_deploy.errors import UsageError
+from model.errors import UsageError
+from model.spec import OUTPUT_NAMES
 
-INPUT_NAMES: tuple[str, ...] = ("src", "bgr")
-OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
-    "refine": ("pha", "fgr", "pha_sm", "fgr_sm", "err_sm", "ref_sm"),
-    "base": ("pha", "fgr", "err", "hid"),
-}
 # Channels of every tensor; the other three dimensions are symbolic (see SPATIAL_AXES).
 CHANNELS: dict[str, int] = {
     "src": 3, "bgr": 3, "pha": 1, "fgr": 3, "err": 1, "hid": 32,

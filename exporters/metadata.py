@@ -9,14 +9,25 @@ verify, bench and the predictor can rebuild the PyTorch reference from the file 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgm_deploy.config import ModelConfig
-from bgm_deploy.errors import ModelFileError
+from model.config import ModelConfig
+from model.errors import ModelFileError
 
+
+def _package_version() -> str:
+    """The installed bgm-deploy version (pyproject.toml is the one place it is written)."""
+    try:
+        return importlib.metadata.version("bgm-deploy")
+    except importlib.metadata.PackageNotFoundError:  # a checkout used without installing it
+        return "0+unknown"
+
+
+BGM_DEPLOY_VERSION = _package_version()
 METADATA_KEY = "bgm_deploy"
 TORCHSCRIPT_EXTRA_FILE = "bgm_deploy.json"
 METADATA_SCHEMA_VERSION = 1

@@ -25,13 +25,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bgm_deploy.config import ModelConfig
-from bgm_deploy.errors import ExportError, UsageError
+from model.config import ModelConfig
+from model.errors import ExportError, UsageError
+from model.spec import INPUT_NAMES
 
-from .config import INPUT_NAMES, OnnxConfig, dynamic_axes, output_names, tensor_axes
-from .metadata import METADATA_KEY, ExportMetadata
+from .config import OnnxConfig, dynamic_axes, output_names, tensor_axes
+from .metadata import BGM_DEPLOY_VERSION, METADATA_KEY, ExportMetadata
 from .patcher import EXPORT_PATCHES, ModelPatcher, Patch
 from .progress import stage
+from .rewrites import FAST_PATCHES
+from .tensorrt_safe import TENSORRT_PATCHES
 
 Progress = Callable[[str], None]
 # Simplified and unsimplified graphs run the same kernels; any larger gap means onnxsim
@@ -70,17 +73,9 @@ def export_patches(target: str) -> tuple[Patch, ...]:
     """The patch list for a target: ``EXPORT_PATCHES``, the speed rewrites of
     ``exporters.rewrites.FAST_PATCHES`` (same results, patch inputs sampled directly) and,
     for ``"tensorrt"``, the TensorRT-safe rewrites of ``exporters.tensorrt_safe.TENSORRT_PATCHES``."""
-    from .rewrites import FAST_PATCHES
 
     if target != "tensorrt":
         return (*EXPORT_PATCHES, *FAST_PATCHES)
-    try:
-        from .tensorrt_safe import TENSORRT_PATCHES  # type: ignore[attr-defined]
-    except ImportError as exc:
-        raise ExportError(
-            f"target=tensorrt needs exporters.tensorrt_safe.TENSORRT_PATCHES, which is not available ({exc}); "
-            "use --target generic"
-        ) from None
     return (*EXPORT_PATCHES, *FAST_PATCHES, *TENSORRT_PATCHES)
 
 
@@ -252,8 +247,6 @@ def export_metadata(
     model_config: ModelConfig, fmt: str, config: Any, outputs: tuple[str, ...], extra: dict[str, Any]
 ) -> ExportMetadata:
     """The metadata every exported file carries (see :mod:`exporters.metadata`)."""
-    from bgm_deploy import __version__
-
     try:
         import onnx
 
@@ -268,7 +261,7 @@ def export_metadata(
         "dynamic_axes": {name: [str(a) for a in tensor_axes(name)] for name in INPUT_NAMES + outputs},
         "torch_version": torch.__version__,
         "onnx_version": onnx_version,
-        "bgm_deploy_version": __version__,
+        "bgm_deploy_version": BGM_DEPLOY_VERSION,
         **extra,
     }
     return ExportMetadata(model_config, fmt, export)

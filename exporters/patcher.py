@@ -36,7 +36,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from bgm_deploy.errors import ExportError
+from model.errors import ExportError
 
 MODULE_PREFIX = "module:"
 _MISSING = object()

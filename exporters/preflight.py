@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgm_deploy.errors import ModelFileError, UsageError
+from exporters.atomic import atomic_write_text
+from model.errors import ModelFileError, UsageError
 
 PREFLIGHT_SCHEMA_VERSION = 1
 SEVERITIES = ("blocking", "warning", "info")
@@ -130,7 +131,6 @@ class PreflightReport:
 
     def write_json(self, path: str | Path) -> Path:
         """Writes the report atomically (temp file in the same directory, then rename)."""
-        from bgm_deploy.atomic import atomic_write_text
 
         return atomic_write_text(path, self.to_json() + "\n")
 

@@ -23,11 +23,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgm_deploy.atomic import atomic_write_bytes
-from bgm_deploy.checkpoint import file_sha256
-from bgm_deploy.config import ModelConfig
-from bgm_deploy.errors import ExportError, ModelFileError, RuntimeUnavailableError, UsageError
+from exporters.atomic import atomic_write_bytes
 from exporters.metadata import ExportMetadata, read_metadata
+from exporters.preflight import preflight_onnx
+from model.checkpoint import file_sha256
+from model.config import ModelConfig
+from model.errors import ExportError, ModelFileError, RuntimeUnavailableError, UsageError
+from model.spec import INPUT_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +44,6 @@ DEFAULT_PROFILES: dict[str, tuple[Shape3, Shape3, Shape3]] = {
     "hd": ((1, 256, 256), (1, 1080, 1920), (4, 1080, 1920)),
     "4k": ((1, 512, 512), (1, 2160, 3840), (2, 2160, 3840)),
 }
-INPUT_NAMES = ("src", "bgr")
 
 
 ProgressFn = Callable[[str], None]
@@ -293,7 +294,6 @@ def engine_from_onnx(
         RuntimeUnavailableError: no TensorRT, no GPU, or fp16 requested on a TensorRT
             without weakly-typed fp16 (11+).
     """
-    from exporters.preflight import preflight_onnx
 
     say = progress or (lambda message: None)
     onnx_path, output = Path(onnx_path), Path(output)

@@ -35,9 +35,9 @@ from typing import List, Tuple
 import torch
 from torch import Tensor, nn
 
-from bgm_deploy.config import ModelConfig
-from bgm_deploy.errors import ExportError
 from model import MattingBase, MattingRefine
+from model.config import ModelConfig
+from model.errors import ExportError
 from model.mobilenet import MobileNetV2Encoder
 
 from .config import TorchScriptConfig, output_names

@@ -9,10 +9,9 @@ from torchvision.models.segmentation.deeplabv3 import ASPP
 
 from .decoder import Decoder
 from .mobilenet import MobileNetV2Encoder
-from .refiner import CROP_METHODS, KERNEL_SIZES, REFINE_MODES, REPLACE_METHODS, Refiner
+from .refiner import Refiner
 from .resnet import ResNetEncoder
-
-BACKBONES = ("resnet50", "resnet101", "mobilenetv2")
+from .spec import BACKBONES, CROP_METHODS, KERNEL_SIZES, REFINE_MODES, REPLACE_METHODS
 
 
 def validate_inputs(src: Tensor, bgr: Tensor) -> None:

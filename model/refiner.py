@@ -12,10 +12,7 @@ import torch.nn.functional as F
 import torchvision
 from torch import Tensor, nn
 
-REFINE_MODES = ("full", "sampling", "thresholding")
-CROP_METHODS = ("unfold", "roi_align", "gather")
-REPLACE_METHODS = ("scatter_nd", "scatter_element")
-KERNEL_SIZES = (1, 3)
+from .spec import KERNEL_SIZES
 
 
 def select_refinement_regions(

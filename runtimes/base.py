@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from bgm_deploy.errors import RunnerError
+from model.errors import RunnerError
 
 Dim = int | str | None
 

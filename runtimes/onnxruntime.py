@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from bgm_deploy.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
+from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
 
 from .base import BaseRunner, Dim, TensorMeta
 from .registry import register_runner

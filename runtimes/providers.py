@@ -9,16 +9,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from bgm_deploy.errors import RuntimeUnavailableError, UsageError
+from model.errors import RuntimeUnavailableError, UsageError
 
 log = logging.getLogger(__name__)
 
-# Output order of the reference models' forward(): exported files keep these names.
-OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
-    "refine": ("pha", "fgr", "pha_sm", "fgr_sm", "err_sm", "ref_sm"),
-    "base": ("pha", "fgr", "err", "hid"),
-}
-INPUT_NAMES = ("src", "bgr")
 PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
 
 # (file format, provider) -> registered runner name. The native TensorRT runner serves

@@ -11,17 +11,19 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from bgm_deploy.errors import RunnerError, UsageError
+from model.checkpoint import build_model
+from model.errors import RunnerError, UsageError
+from model.spec import INPUT_NAMES, OUTPUT_NAMES
 
 from .base import BaseRunner, TensorMeta
-from .providers import INPUT_NAMES, OUTPUT_NAMES, to_tensor, torch_device
+from .providers import to_tensor, torch_device
 from .registry import register_runner
 from .torchscript import import_torch
 
 if TYPE_CHECKING:
     from torch import nn
 
-    from bgm_deploy.config import ModelConfig
+    from model.config import ModelConfig
 
 DTYPES = ("float32", "float16")
 
@@ -88,7 +90,6 @@ class PyTorchRunner(BaseRunner):
         if self._given_module is not None:
             module = self._given_module
         else:
-            from bgm_deploy.checkpoint import build_model
 
             module = build_model(self.model_config, self.checkpoint)
         self.module = module.eval().to(self.device, getattr(torch, self.dtype_name))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, TypeVar
 
-from bgm_deploy.errors import UsageError
+from model.errors import UsageError
 
 from .base import BaseRunner
 

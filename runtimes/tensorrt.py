@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from bgm_deploy.errors import ModelFileError, RunnerError
+from exporters.tensorrt import check_engine_compatible, import_tensorrt, require_gpu
+from model.errors import ModelFileError, RunnerError
 
 from .base import BaseRunner, Dim, TensorMeta
 from .registry import register_runner
@@ -45,7 +46,6 @@ class TensorRTRunner(BaseRunner):
         self._buffers: dict[str, Any] = {}
 
     def _activate(self) -> None:
-        from exporters.tensorrt import check_engine_compatible, import_tensorrt, require_gpu
 
         if not self.path.is_file():
             raise ModelFileError(f"engine file {self.path} does not exist")

@@ -13,10 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from bgm_deploy.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
+from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
+from model.spec import INPUT_NAMES, OUTPUT_NAMES
 
 from .base import BaseRunner, TensorMeta
-from .providers import INPUT_NAMES, OUTPUT_NAMES, to_tensor, torch_device
+from .providers import to_tensor, torch_device
 from .registry import register_runner
 
 METADATA_FILE = "bgm_deploy.json"  # same name as exporters.metadata.TORCHSCRIPT_EXTRA_FILE

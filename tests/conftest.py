@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from bgm_deploy.images import BUNDLED_PAIRS_DIR
+
 REPO = Path(__file__).resolve().parents[1]
-PAIRS_DIR = REPO / "bgm_deploy" / "data" / "pairs"
+PAIRS_DIR = BUNDLED_PAIRS_DIR
 
 # Parity tolerances, defined once: max abs diff per output against eager PyTorch.
 TOLERANCES = {"fp32": 1e-4, "fp16": 2e-2}

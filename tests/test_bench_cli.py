@@ -8,17 +8,16 @@ machine: rows for the usable backends, skipped backends with a reason, exactly
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 from click.testing import CliRunner
 
-from benchmarks.harness import TimingConfig
 from bgm_deploy.bench import BenchConfig, bench, parse_resolution, parse_warmup, split_list
+from bgm_deploy.bench.harness import TimingConfig
 from bgm_deploy.cli import cli
-from bgm_deploy.errors import UsageError
+from model.errors import UsageError
 
 WIDTH, HEIGHT = 160, 128
 SAMPLE_PIXELS = 320  # 20 cells of the 40x32 quarter-resolution grid

@@ -105,8 +105,8 @@ def test_opset_too_old(tmp_path: Path) -> None:
 
 
 def test_checkpoint_backbone_mismatch(tmp_path: Path) -> None:
-    from bgm_deploy.checkpoint import build_model
-    from bgm_deploy.config import ModelConfig
+    from model.checkpoint import build_model
+    from model.config import ModelConfig
 
     checkpoint = tmp_path / "pytorch_mobilenetv2.pth"
     torch.save(build_model(ModelConfig(model_type="base")).state_dict(), checkpoint)

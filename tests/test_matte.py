@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).parent / "runtimes"))
 import model_files  # noqa: E402
 
 from bgm_deploy.cli import cli  # noqa: E402
-from bgm_deploy.errors import ImageError, UsageError  # noqa: E402
 from bgm_deploy.images import load_image, save_image  # noqa: E402
 from bgm_deploy.matte import MatteOptions, find_pairs, matte  # noqa: E402
+from model.errors import ImageError, UsageError  # noqa: E402
 
 COFFEE, CAT, ROCKET = "astronaut_coffee_640x480", "cat_rocket_1001x667", "astronaut_rocket_1920x1080_shifted"
 MODES = {"pha": "L", "fgr": "RGB", "com": "RGBA", "err": "L", "ref": "L"}

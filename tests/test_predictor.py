@@ -14,9 +14,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).parent / "runtimes"))
 import model_files  # noqa: E402
 
-from bgm_deploy.errors import UsageError  # noqa: E402
 from bgm_deploy.images import load_image, to_uint8  # noqa: E402
 from bgm_deploy.predictor import Predictor  # noqa: E402
+from model.errors import UsageError  # noqa: E402
 from runtimes import BaseRunner, TensorMeta, create_runner  # noqa: E402
 
 ALL = ("pha", "fgr", "com", "err", "ref")
@@ -173,7 +173,7 @@ def test_float16_models_get_float16_inputs_and_give_float32() -> None:
 
 
 def test_load_from_a_checkpoint_and_load_errors(tmp_path: Path, models: dict[str, Path], pair: tuple[np.ndarray, np.ndarray]) -> None:
-    from bgm_deploy.checkpoint import build_model
+    from model.checkpoint import build_model
 
     checkpoint = tmp_path / "weights.pth"
     torch.save(build_model(model_files.TEST_CONFIG).state_dict(), checkpoint)

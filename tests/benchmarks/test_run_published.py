@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks import run_published
-from benchmarks.report import BenchReport, BenchResult, SkippedBackend
-from benchmarks.stats import summarize
+from bgm_deploy.bench.report import BenchReport, BenchResult, SkippedBackend
+from bgm_deploy.bench.stats import summarize
 
 
 def _row(backend: str, backbone: str, size: tuple[int, int], ms: float) -> BenchResult:

@@ -11,12 +11,12 @@ import torch
 from click.testing import CliRunner
 
 from bgm_deploy import __version__
-from bgm_deploy.checkpoint import build_model, config_for_checkpoint, read_checkpoint
 from bgm_deploy.cli import cli
-from bgm_deploy.config import ModelConfig, auto_backbone_scale
-from bgm_deploy.errors import CheckpointError, UsageError
-from bgm_deploy.synthetic import init_synthetic_weights
 from model import MattingBase, MattingRefine
+from model.checkpoint import build_model, config_for_checkpoint, read_checkpoint
+from model.config import ModelConfig, auto_backbone_scale
+from model.errors import CheckpointError, UsageError
+from model.synthetic import init_synthetic_weights
 
 
 @pytest.mark.parametrize(

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from bgm_deploy.checkpoint import build_model
-from bgm_deploy.config import ModelConfig
 from exporters.config import OnnxConfig, output_names
 from exporters.onnx import onnx_from_torch
+from model.checkpoint import build_model
+from model.config import ModelConfig
 
 # Traced at 160x128; parity is checked at other sizes (W, H, batch) never seen by the tracer.
 TRACE = (160, 128)

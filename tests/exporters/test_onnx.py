@@ -7,10 +7,10 @@ import onnx
 import pytest
 import torch
 
-from bgm_deploy.errors import UsageError
 from exporters.config import DEFAULT_OPSET, OnnxConfig
 from exporters.metadata import read_metadata
 from exporters.onnx import onnx_from_torch
+from model.errors import UsageError
 from tests.conftest import TOLERANCES
 
 from .conftest import CHECK_SIZES, TRACE, max_diffs, random_pair, run_onnx, small_config

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import model.refiner
-from bgm_deploy.errors import ExportError
 from exporters.config import OnnxConfig, dynamic_axes, output_names
 from exporters.patcher import EXPORT_PATCHES, ModelPatcher, Patch
 from model import MattingBase
+from model.errors import ExportError
 
 
 class Tiny(nn.Module):
@@ -83,7 +83,7 @@ def test_config_axes_are_distinct_per_resolution() -> None:
      {"outputs": ("pha", "pha")}, {"trace_batch": 0}],
 )
 def test_onnx_config_rejects_bad_values(fields: dict) -> None:
-    from bgm_deploy.errors import UsageError
+    from model.errors import UsageError
 
     with pytest.raises(UsageError):
         OnnxConfig(**fields)

@@ -6,10 +6,10 @@ import onnx
 import pytest
 import torch
 
-from bgm_deploy.checkpoint import build_model
-from bgm_deploy.config import ModelConfig
 from exporters.patcher import ModelPatcher
 from exporters.rewrites import FAST_PATCHES
+from model.checkpoint import build_model
+from model.config import ModelConfig
 
 
 @pytest.fixture(scope="module")

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from bgm_deploy.checkpoint import build_model
-from bgm_deploy.config import ModelConfig
 from exporters.config import TorchScriptConfig
 from exporters.metadata import read_metadata
 from exporters.torchscript import torchscript_from_torch
+from model.checkpoint import build_model
+from model.config import ModelConfig
 
 from .conftest import random_pair
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 from PIL import Image
 
-from bgm_deploy.checkpoint import build_model
-from bgm_deploy.config import ModelConfig
+from model.checkpoint import build_model
+from model.config import ModelConfig
 
 GOLDEN = Path(__file__).resolve().parents[1] / "data" / "golden" / "mobilenetv2_seed0_cat_160x128.npz"
 CONFIG = ModelConfig(refine_sample_pixels=4_000, refine_mode="sampling")

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bgm_deploy.config import ModelConfig
-from bgm_deploy.checkpoint import build_model
 from model import MattingBase, MattingRefine, crop_patches, replace_patches
+from model.checkpoint import build_model
+from model.config import ModelConfig
 
 REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference"
 if not REFERENCE.is_dir():  # CI clones the repo beside shared/

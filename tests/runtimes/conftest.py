@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # the model_files helper lives next to this file
 import model_files  # noqa: E402
+
 from runtimes import BaseRunner, create_runner  # noqa: E402
 
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from bgm_deploy.config import ModelConfig
 from bgm_deploy.export import export
+from model.config import ModelConfig
 
 # A small, fast model whose refiner selects some but not all cells at test resolutions.
 TEST_CONFIG = ModelConfig(

@@ -7,9 +7,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from bgm_deploy.errors import RunnerError
+from model.errors import RunnerError
+from model.spec import OUTPUT_NAMES
 from runtimes import BaseRunner, runner_names
-from runtimes.providers import OUTPUT_NAMES
 
 BATCH, HEIGHT, WIDTH = 2, 96, 128
 # Expected (channels, height, width) of every refine output for HEIGHT x WIDTH at scale 0.25.

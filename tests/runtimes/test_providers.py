@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import model_files
 import numpy as np
 import pytest
 import torch
 
-import model_files
-from bgm_deploy.errors import ModelFileError, RuntimeUnavailableError, UsageError
+from model.errors import ModelFileError, RuntimeUnavailableError, UsageError
 from runtimes import create_runner
 from runtimes.providers import runner_options
 

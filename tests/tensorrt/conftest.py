@@ -13,11 +13,11 @@ import onnx
 import pytest
 import torch
 
-from bgm_deploy.checkpoint import build_model
-from bgm_deploy.config import ModelConfig
 from exporters.metadata import METADATA_KEY, ExportMetadata
 from exporters.patcher import EXPORT_PATCHES, ModelPatcher
 from exporters.tensorrt_safe import TENSORRT_PATCHES
+from model.checkpoint import build_model
+from model.config import ModelConfig
 
 HD_SAMPLING = ModelConfig(
     refine_sample_pixels=80_000,

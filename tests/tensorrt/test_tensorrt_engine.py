@@ -16,8 +16,6 @@ import torch
 from click.testing import CliRunner
 
 from bgm_deploy.cli import cli
-from bgm_deploy.config import ModelConfig
-from bgm_deploy.errors import ModelFileError, RuntimeUnavailableError, UsageError
 from exporters.metadata import ExportMetadata, read_metadata
 from exporters.tensorrt import (
     DEFAULT_PROFILES,
@@ -27,6 +25,8 @@ from exporters.tensorrt import (
     engine_from_onnx,
     sidecar_path,
 )
+from model.config import ModelConfig
+from model.errors import ModelFileError, RuntimeUnavailableError, UsageError
 from runtimes import create_runner
 
 BUILT = EngineEnvironment("10.3.0", "NVIDIA GeForce RTX 3090", "8.6")

@@ -10,8 +10,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from bgm_deploy.errors import ModelFileError, UsageError
 from exporters.preflight import PREFLIGHT_SCHEMA_VERSION, preflight_onnx
+from model.errors import ModelFileError, UsageError
 
 
 def test_default_export_is_blocked_by_topk(generic_onnx: Path) -> None:

@@ -12,10 +12,10 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from bgm_deploy.cli import cli
-from bgm_deploy.config import ModelConfig
 from bgm_deploy.export import export
 from bgm_deploy.verify import VerifyConfig, analyse_selection, compare_output, verify
 from exporters.config import OnnxConfig, TorchScriptConfig
+from model.config import ModelConfig
 
 SMALL = VerifyConfig(resolutions=((160, 128), (128, 96)), batch=2, inputs=("random",))
 

@@ -12,10 +12,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from model import MattingBase, MattingRefine
-
 from .config import ModelConfig
 from .errors import CheckpointError
+from .matting import MattingBase, MattingRefine
 from .synthetic import init_synthetic_weights
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from benchmarks.report import (
+from bgm_deploy.bench.report import (
     REPORT_SCHEMA_VERSION,
     BenchReport,
     BenchResult,
@@ -20,9 +20,9 @@ from benchmarks.report import (
     write_markdown,
     write_plot,
 )
-from benchmarks.stats import summarize
+from bgm_deploy.bench.stats import summarize
 from bgm_deploy.environment import environment_info
-from bgm_deploy.errors import UsageError
+from model.errors import UsageError
 
 
 def _result(backend: str, times: list[float], speedup: float | None, **extra: object) -> BenchResult:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmarks.flops import count_flops, measure_peak_gemm
+from bgm_deploy.bench.flops import count_flops, measure_peak_gemm
 
 
 def test_conv_flops_match_the_formula() -> None:

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from bgm_deploy.errors import UsageError
+from model.errors import UsageError
 
 # Above this coefficient of variation the machine was busy or the clock unstable.
 NOISY_CV = 0.1

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from bgm_deploy.errors import UsageError
+from model.errors import UsageError
 
 
 class Timer(Protocol):

@@ -21,12 +21,30 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .config import ModelConfig, auto_backbone_scale
-from .errors import BgmDeployError, RuntimeUnavailableError, UsageError
+from exporters.metadata import detect_format, read_metadata
+from model import BACKBONES
+from model.checkpoint import build_model, config_for_checkpoint
+from model.config import ModelConfig, auto_backbone_scale
+from model.errors import BgmDeployError, RuntimeUnavailableError, UsageError
+
+from ..environment import environment_info
+from ..images import BUNDLED_PAIRS_DIR
+from .backends import BACKENDS, PRECISIONS, ArtifactCache, Inputs, prepare_backend, unavailable_reason
+from .flops import count_flops, measure_peak_gemm
+from .harness import TimingConfig, measure, measure_stages
+from .report import (
+    BenchReport,
+    BenchResult,
+    SkippedBackend,
+    StageResult,
+    write_json,
+    write_markdown,
+    write_plot,
+)
+from .stats import NOISY_CV, speedup, summarize
 
 MODES = ("fixed", "adaptive")
 NAMED_RESOLUTIONS = {"hd": (1920, 1080), "4k": (3840, 2160)}
-PAIRS_DIR = Path(__file__).resolve().parent / "data" / "pairs"
 # The fixed-mode input: the HD pair, resized to each benchmark resolution.
 FIXED_PAIR = "astronaut_rocket_1920x1080_shifted"
 E2E_STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
@@ -97,7 +115,7 @@ class BenchConfig:
     resolutions: tuple[tuple[int, int], ...] = ((1920, 1080),)
     batch: int = 1
     precisions: tuple[str, ...] = ("fp32",)
-    timing: Any = None  # benchmarks.harness.TimingConfig; None = its defaults
+    timing: Any = None  # bgm_deploy.bench.harness.TimingConfig; None = its defaults
     mode: str = "fixed"
     end_to_end: bool = False
     threads: int | None = None
@@ -113,9 +131,6 @@ class BenchConfig:
     plot_path: Path | None = None
 
     def __post_init__(self) -> None:
-        from benchmarks.backends import BACKENDS, PRECISIONS
-        from benchmarks.harness import TimingConfig
-        from model import BACKBONES
 
         if self.timing is None:
             object.__setattr__(self, "timing", TimingConfig())
@@ -167,14 +182,13 @@ def _to_batch(image: np.ndarray, batch: int) -> np.ndarray:
 def _pair_names(mode: str) -> list[str]:
     if mode == "fixed":
         return [FIXED_PAIR]
-    return sorted(p.name for p in PAIRS_DIR.iterdir() if (p / "src.jpg").is_file())
+    return sorted(p.name for p in BUNDLED_PAIRS_DIR.iterdir() if (p / "src.jpg").is_file())
 
 
 def _inputs(mode: str, size: tuple[int, int], batch: int) -> list[Any]:
-    from benchmarks.backends import Inputs
 
     return [
-        Inputs(_to_batch(_load_rgb(PAIRS_DIR / name / "src.jpg", size), batch), _to_batch(_load_rgb(PAIRS_DIR / name / "bgr.jpg", size), batch))
+        Inputs(_to_batch(_load_rgb(BUNDLED_PAIRS_DIR / name / "src.jpg", size), batch), _to_batch(_load_rgb(BUNDLED_PAIRS_DIR / name / "bgr.jpg", size), batch))
         for name in _pair_names(mode)
     ]
 
@@ -190,7 +204,7 @@ def _e2e_files(mode: str, size: tuple[int, int], workdir: Path) -> list[tuple[Pa
         for part in ("src", "bgr"):
             path = workdir / f"e2e_{name}_{size[0]}x{size[1]}_{part}.jpg"
             if not path.exists():
-                Image.fromarray(_load_rgb(PAIRS_DIR / name / f"{part}.jpg", size)).save(path, quality=95)
+                Image.fromarray(_load_rgb(BUNDLED_PAIRS_DIR / name / f"{part}.jpg", size)).save(path, quality=95)
             paths.append(path)
         files.append((paths[0], paths[1]))
     return files
@@ -246,7 +260,6 @@ def _model_config(config: BenchConfig, backbone: str, size: tuple[int, int]) -> 
         seed=config.seed,
     )
     if config.checkpoint is not None:
-        from .checkpoint import config_for_checkpoint
 
         model = config_for_checkpoint(model, config.checkpoint)
     return _apply_mode(model, config.mode)
@@ -269,12 +282,10 @@ def _file_backends(fmt: str, requested: tuple[str, ...] | None) -> list[str]:
 
 
 def _jobs(config: BenchConfig, size: tuple[int, int]) -> list[_Job]:
-    from benchmarks.backends import BACKENDS
 
     if not config.models:
         backends = list(config.backends or BACKENDS)
         return [_Job(_model_config(config, backbone, size), backends) for backbone in config.backbones]
-    from exporters.metadata import detect_format, read_metadata
 
     jobs = []
     for path in config.models:
@@ -301,7 +312,7 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> Any:
         progress: called with one-line status messages (the CLI prints them unless --quiet).
 
     Returns:
-        A :class:`benchmarks.report.BenchReport`; report files named in ``config`` are written.
+        A :class:`bgm_deploy.bench.report.BenchReport`; report files named in ``config`` are written.
 
     Raises:
         RuntimeUnavailableError: a backend named explicitly cannot run here.
@@ -309,10 +320,7 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> Any:
     """
     import torch
 
-    from benchmarks.backends import unavailable_reason
-    from benchmarks.report import BenchReport, write_json, write_markdown, write_plot
 
-    from .environment import environment_info
 
     say = progress or _default_progress
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -369,7 +377,6 @@ class _Run:
     """The measuring loop of one :func:`bench` call (state shared by its steps)."""
 
     def __init__(self, config: BenchConfig, device: str, threads: int, workdir: Path, say: Progress) -> None:
-        from benchmarks.backends import ArtifactCache
 
         self.config = config
         self.device = device
@@ -384,8 +391,6 @@ class _Run:
         self._flops: dict[tuple[str, int, int], int] = {}
 
     def run(self) -> None:
-        from benchmarks.backends import unavailable_reason
-        from benchmarks.report import SkippedBackend
 
         config = self.config
         if config.count_flops:
@@ -403,7 +408,6 @@ class _Run:
         self._speedups()
 
     def _measure_peaks(self) -> None:
-        from benchmarks.flops import measure_peak_gemm
 
         self.say("measuring the fp32 GEMM peak…")
         self.peaks["cpu"] = measure_peak_gemm("cpu").to_dict()
@@ -411,10 +415,6 @@ class _Run:
             self.peaks["cuda"] = measure_peak_gemm("cuda", size=8192).to_dict()
 
     def _measure(self, job: _Job, backend_name: str, precision: str, size: tuple[int, int]) -> None:
-        from benchmarks.backends import prepare_backend
-        from benchmarks.harness import measure, measure_stages
-        from benchmarks.report import BenchResult, SkippedBackend, StageResult
-        from benchmarks.stats import summarize
 
         config, model = self.config, job.config
         label = f"{backend_name} {model.backbone} {size[0]}x{size[1]} {precision}"
@@ -482,7 +482,6 @@ class _Run:
             backend.close()
 
     def _add(self, result: Any) -> None:
-        from benchmarks.stats import NOISY_CV
 
         self.results.append(result)
         s = result.stats
@@ -500,9 +499,7 @@ class _Run:
         if key not in self._flops:
             import torch
 
-            from benchmarks.flops import count_flops
 
-            from .checkpoint import build_model
 
             fixed = _apply_mode(model, "fixed")
             self.say(f"counting FLOPs of {model.backbone} at {size[0]}x{size[1]}…")
@@ -515,7 +512,6 @@ class _Run:
     def _speedups(self) -> None:
         import dataclasses
 
-        from benchmarks.stats import speedup
 
         def key(r: Any, precision: str) -> tuple[Any, ...]:
             return (r.backbone, r.backbone_scale, r.sample_pixels, r.width, r.height, r.batch, precision, r.scope)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmarks.backends import BACKENDS, GPU_BACKENDS, unavailable_reason
-from bgm_deploy.errors import UsageError
+from bgm_deploy.bench.backends import BACKENDS, GPU_BACKENDS, unavailable_reason
+from model.errors import UsageError
 
 
 def test_cpu_backends_are_usable_in_fp32() -> None:

@@ -6,8 +6,8 @@ from typing import Any, Callable
 
 import pytest
 
-from benchmarks.harness import SyncTimer, TimingConfig, measure, measure_stages, warm_up
-from bgm_deploy.errors import UsageError
+from bgm_deploy.bench.harness import SyncTimer, TimingConfig, measure, measure_stages, warm_up
+from model.errors import UsageError
 
 
 class FakeTimer:

@@ -23,10 +23,14 @@ from typing import Any, Callable
 
 import numpy as np
 
-from bgm_deploy.config import ModelConfig
-from bgm_deploy.errors import RuntimeUnavailableError, UsageError
+import exporters.config as export_config
+import runtimes
+from exporters.config import OnnxConfig
+from exporters.tensorrt import EngineConfig, engine_from_onnx
+from model.config import ModelConfig
+from model.errors import RuntimeUnavailableError, UsageError
 
-from .harness import SyncTimer, Timer, cpu_timer
+from .harness import CudaEventTimer, SyncTimer, Timer, cpu_timer
 
 BACKENDS = ("eager", "torchscript", "onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
@@ -123,11 +127,9 @@ class ArtifactCache:
             api = _export_api()
             extra: dict[str, Any] = {} if self.checkpoint is None else {"checkpoint": self.checkpoint}
             if fmt == "onnx":
-                from exporters.config import OnnxConfig
 
                 options: dict[str, Any] = {"target": target}
                 if self.onnx_exporter is not None:
-                    import exporters.config as export_config
 
                     options["exporter"] = self.onnx_exporter
                     # Each exporter has its own lowest opset (dynamo: 18); use its default.
@@ -183,7 +185,6 @@ class RunnerBackend(PreparedBackend):
     """A registered runner (``runtimes``) around an exported file."""
 
     def __init__(self, name: str, runner_name: str, options: dict[str, Any], device: str, precision: str) -> None:
-        import runtimes
 
         _load_runner_modules()
         self.name = name
@@ -195,7 +196,6 @@ class RunnerBackend(PreparedBackend):
         self.input_dtype = np.dtype(self.runner.input_metadata()["src"].dtype)
         if device == "cuda" and runner_name in ("pytorch", "torchscript"):
             # Work on torch's current stream: CUDA events around the call measure it.
-            from .harness import CudaEventTimer
 
             self.timer = CudaEventTimer()
         elif device == "cuda":
@@ -317,7 +317,6 @@ def prepare_backend(
 def _build_engine(config: ModelConfig, precision: str, artifacts: ArtifactCache, shape: tuple[int, int, int]) -> Path:
     """A TensorRT engine optimised for ``shape`` (unverified: no GPU/TensorRT here)."""
     onnx_path = artifacts.path(config, "onnx", "tensorrt", (shape[2], shape[1]))
-    from exporters.tensorrt import EngineConfig, engine_from_onnx
 
     engine = onnx_path.with_name(f"{onnx_path.stem}_{precision}_{shape[0]}x{shape[1]}x{shape[2]}.engine")
     if not engine.exists():

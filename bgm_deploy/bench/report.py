@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bgm_deploy.atomic import atomic_write_bytes
-from bgm_deploy.errors import UsageError
+from exporters.atomic import atomic_write_bytes
+from model.errors import UsageError
 
 from .stats import LatencyStats
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from benchmarks.stats import NOISY_CV, LatencyStats, speedup, summarize
-from bgm_deploy.errors import UsageError
+from bgm_deploy.bench.stats import NOISY_CV, LatencyStats, speedup, summarize
+from model.errors import UsageError
 
 
 def test_summary_of_known_times() -> None:

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from torchvision.models.mobilenetv2 import InvertedResidual
 from torchvision.models.resnet import Bottleneck
 
-from model import MattingBase, MattingRefine
+from .matting import MattingBase, MattingRefine
 
 CALIBRATION_SIZE = (128, 160)
 ERR_QUANTILES = ((0.5, 0.0), (0.8, 0.2))
