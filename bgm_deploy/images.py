@@ -23,10 +23,6 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 Image.MAX_IMAGE_PIXELS = 200_000_000
 
 
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
-
-
 def pil_to_rgb(image: Image.Image) -> Image.Image:
     """Any PIL mode as RGB: alpha is dropped (not composited), CMYK/palette/16-bit converted."""
     if image.mode == "RGB":

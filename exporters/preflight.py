@@ -32,6 +32,7 @@ SEVERITIES = ("blocking", "warning", "info")
 TARGETS = ("tensorrt",)
 DEFAULT_MIN_TENSORRT = "10.0"
 
+# TensorRT's TopK limit; the TensorRT-safe selection (exporters.tensorrt_safe) exists because of it.
 TOPK_MAX_K = 3840
 OPSET_MIN = 9
 OPSET_RECOMMENDED_MIN = 13

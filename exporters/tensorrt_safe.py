@@ -43,6 +43,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .patcher import Patch
+from .preflight import TOPK_MAX_K
+
 # Bisection over the bit patterns of every finite non-negative float32: [0, +inf bits).
 _BITS_HIGH = 0x7F800000
 # ceil(log2(_BITS_HIGH)): after this many halvings the interval holds one integer.
@@ -54,8 +57,7 @@ _POW2_TABLE = [0.0] + [2.0 ** (e - 127) for e in range(1, 255)]
 _SUBNORMAL_UNIT = 2.0**-149
 _MANTISSA_UNIT = 2.0**-_MANTISSA_BITS
 
-# TensorRT's TopK limit (K <= 3840), used by the preflight and documented here.
-TENSORRT_MAX_TOPK_K = 3840
+TENSORRT_MAX_TOPK_K = TOPK_MAX_K  # TensorRT's TopK limit (K <= 3840), defined with the preflight
 
 
 def float_from_bits(bits: Tensor) -> Tensor:
@@ -155,7 +157,6 @@ def select_refinement_regions_tensorrt(
 
 
 # -- export patches ------------------------------------------------------------------------
-from exporters.patcher import Patch  # noqa: E402 - kept next to the patch list it serves
 
 TENSORRT_PATCHES: tuple[Patch, ...] = (
     # Refiner.forward looks the selection up in its module's globals at call time, so
@@ -165,7 +166,7 @@ TENSORRT_PATCHES: tuple[Patch, ...] = (
         "module:model.refiner",
         "select_refinement_regions",
         select_refinement_regions_tensorrt,
-        reason="TensorRT's TopK accepts K <= 3840; sampling needs K = sample_pixels // 16 (5,000 HD, 20,000 4K)",
+        reason=f"TensorRT's TopK accepts K <= {TOPK_MAX_K}; sampling needs K = sample_pixels // 16 (5,000 HD, 20,000 4K)",
     ),
 )
 """Rewrites the ONNX exporter applies (after ``EXPORT_PATCHES``) when ``target == "tensorrt"``."""

@@ -30,7 +30,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Tuple
+from typing import Tuple
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +39,7 @@ from model import MattingBase, MattingRefine
 from model.config import ModelConfig
 from model.errors import ExportError
 from model.mobilenet import MobileNetV2Encoder
+from model.spec import BACKBONE_SCALE_RANGE, MIN_SAMPLE_PIXELS, REFINE_MODES, THRESHOLD_RANGE
 
 from .config import TorchScriptConfig, output_names
 from .metadata import TORCHSCRIPT_EXTRA_FILE, ExportMetadata
@@ -98,17 +99,6 @@ class ScriptableMattingBase(MattingBase):
     def validate(self, src: Tensor, bgr: Tensor) -> None:
         _check_pair(src, bgr)
 
-    def forward_list(self, src: Tensor, bgr: Tensor) -> List[Tensor]:  # noqa: UP006 - TorchScript
-        # MattingBase.forward, as a list (TorchScript cannot call the parent's forward
-        # under another name); every layer it runs is the inherited one.
-        self.validate(src, bgr)
-        x = self.run_network(src, bgr)
-        pha = x[:, 0:1].clamp(0.0, 1.0)
-        fgr = (x[:, 1:4] + src).clamp(0.0, 1.0)
-        err = x[:, 4:5].clamp(0.0, 1.0)
-        hid = x[:, 5:].relu()
-        return [pha, fgr, err, hid]
-
 
 class ScriptableMattingRefine(MattingRefine):
     """MattingRefine with scriptable ``validate`` (settings checked at run time) and ``run_network``."""
@@ -121,44 +111,18 @@ class ScriptableMattingRefine(MattingRefine):
         _check_pair(src, bgr)
         if src.shape[2] % 4 != 0 or src.shape[3] % 4 != 0:
             raise ValueError("src/bgr height and width must be divisible by 4")
-        if not (0.0 < self.backbone_scale <= 0.5):
-            raise ValueError("backbone_scale must be in (0, 0.5]")
-        if self.refine_mode not in ["full", "sampling", "thresholding"]:
+        # The limits of model.spec, copied onto the module before scripting (TorchScript can
+        # neither call refine_settings_error nor read tuple globals), checked at run time
+        # because these settings stay settable after torch.jit.load.
+        limits = self.setting_limits
+        if not (limits[0] < self.backbone_scale <= limits[1]):
+            raise ValueError("backbone_scale is not valid; it must be in (0, 0.5]")
+        if self.refine_mode not in self.valid_refine_modes:
             raise ValueError("refine_mode must be one of: full, sampling, thresholding")
-        if self.refine_sample_pixels < 16:
+        if self.refine_sample_pixels < limits[2]:
             raise ValueError("refine_sample_pixels must be >= 16")
-        if not (0.0 <= self.refine_threshold <= 1.0):
+        if not (limits[3] <= self.refine_threshold <= limits[4]):
             raise ValueError("refine_threshold must be in [0, 1]")
-
-    def forward_list(self, src: Tensor, bgr: Tensor) -> List[Tensor]:  # noqa: UP006 - TorchScript
-        # MattingRefine.forward, as a list (TorchScript cannot call the parent's forward
-        # under another name); downsample, the network and the refiner are inherited.
-        self.validate(src, bgr)
-        src_sm = self.downsample(src)
-        bgr_sm = self.downsample(bgr)
-        x = self.run_network(src_sm, bgr_sm)
-        pha_sm = x[:, 0:1].clamp(0.0, 1.0)
-        fgr_residual_sm = x[:, 1:4]
-        err_sm = x[:, 4:5].clamp(0.0, 1.0)
-        hid_sm = x[:, 5:].relu()
-        pha, fgr_residual, ref_sm = self.refiner(
-            src,
-            bgr,
-            pha_sm,
-            fgr_residual_sm,
-            err_sm,
-            hid_sm,
-            self.refine_mode,
-            self.refine_sample_pixels,
-            self.refine_threshold,
-            self.refine_prevent_oversampling,
-            self.refine_patch_crop_method,
-            self.refine_patch_replace_method,
-        )
-        pha = pha.clamp(0.0, 1.0)
-        fgr = (fgr_residual + src).clamp(0.0, 1.0)
-        fgr_sm = (src_sm + fgr_residual_sm).clamp(0.0, 1.0)
-        return [pha, fgr, pha_sm, fgr_sm, err_sm, ref_sm]
 
 
 # TorchScript needs a fixed tuple length per forward; one tiny forward per output count
@@ -264,6 +228,9 @@ def torchscript_from_torch(
     # Always a copy: the scripted module keeps a reference to these parameters.
     module = copy.deepcopy(model).to(dtype).eval()
     module.output_indices = [every.index(name) for name in names]
+    if isinstance(module, MattingRefine):
+        module.valid_refine_modes = list(REFINE_MODES)
+        module.setting_limits = [*BACKBONE_SCALE_RANGE, float(MIN_SAMPLE_PIXELS), *THRESHOLD_RANGE]
 
     result = TorchScriptExportResult(path=output, size_bytes=0, outputs=names)
     start = time.perf_counter()

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UsageError
-from .spec import BACKBONES, CROP_METHODS, KERNEL_SIZES, MODEL_TYPES, REFINE_MODES, REPLACE_METHODS
+from .spec import BACKBONES, MODEL_TYPES, refine_settings_error
 
 CONFIG_SCHEMA_VERSION = 1
 
@@ -59,16 +59,12 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_choice("model_type", self.model_type, MODEL_TYPES)
         _check_choice("backbone", self.backbone, BACKBONES)
-        _check_choice("refine_mode", self.refine_mode, REFINE_MODES)
-        _check_choice("refine_kernel_size", self.refine_kernel_size, KERNEL_SIZES)
-        _check_choice("refine_patch_crop_method", self.refine_patch_crop_method, CROP_METHODS)
-        _check_choice("refine_patch_replace_method", self.refine_patch_replace_method, REPLACE_METHODS)
-        if not 0 < self.backbone_scale <= 0.5:
-            raise UsageError(f"backbone_scale={self.backbone_scale!r} is not valid; it must be in (0, 0.5]")
-        if self.refine_sample_pixels < 16:
-            raise UsageError(f"refine_sample_pixels={self.refine_sample_pixels!r} is not valid; it must be >= 16")
-        if not 0 <= self.refine_threshold <= 1:
-            raise UsageError(f"refine_threshold={self.refine_threshold!r} is not valid; it must be in [0, 1]")
+        problem = refine_settings_error(
+            self.backbone_scale, self.refine_mode, self.refine_sample_pixels, self.refine_threshold,
+            self.refine_kernel_size, self.refine_patch_crop_method, self.refine_patch_replace_method,
+        )
+        if problem:
+            raise UsageError(problem)
         if self.seed is None and self.checkpoint_sha256 is None:
             raise UsageError("a model needs either a checkpoint or a synthetic-weights seed; got neither")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import List
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -11,7 +13,7 @@ from .decoder import Decoder
 from .mobilenet import MobileNetV2Encoder
 from .refiner import Refiner
 from .resnet import ResNetEncoder
-from .spec import BACKBONES, CROP_METHODS, KERNEL_SIZES, REFINE_MODES, REPLACE_METHODS
+from .spec import BACKBONES, refine_settings_error
 
 
 def validate_inputs(src: Tensor, bgr: Tensor) -> None:
@@ -64,13 +66,18 @@ class MattingBase(nn.Module):
         validate_inputs(src, bgr)
 
     def forward(self, src: Tensor, bgr: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        pha, fgr, err, hid = self.forward_list(src, bgr)
+        return pha, fgr, err, hid
+
+    def forward_list(self, src: Tensor, bgr: Tensor) -> List[Tensor]:  # noqa: UP006 - TorchScript
+        """The forward pass returning a list (scripted as is by the TorchScript export)."""
         self.validate(src, bgr)
         x = self.run_network(src, bgr)
         pha = x[:, 0:1].clamp(0.0, 1.0)
         fgr = (x[:, 1:4] + src).clamp(0.0, 1.0)
         err = x[:, 4:5].clamp(0.0, 1.0)
         hid = x[:, 5:].relu()
-        return pha, fgr, err, hid
+        return [pha, fgr, err, hid]
 
 
 class MattingRefine(MattingBase):
@@ -120,25 +127,12 @@ class MattingRefine(MattingBase):
 
     def check_settings(self) -> None:
         """Raises ``ValueError`` naming the first setting that is not valid."""
-        if not 0 < self.backbone_scale <= 0.5:
-            raise ValueError(f"backbone_scale={self.backbone_scale!r} is not valid; it must be in (0, 0.5]")
-        if self.refine_mode not in REFINE_MODES:
-            raise ValueError(f"refine_mode={self.refine_mode!r} is not valid; valid: {list(REFINE_MODES)}")
-        if self.refine_sample_pixels < 16:
-            raise ValueError(f"refine_sample_pixels={self.refine_sample_pixels!r} is not valid; it must be >= 16")
-        if not 0 <= self.refine_threshold <= 1:
-            raise ValueError(f"refine_threshold={self.refine_threshold!r} is not valid; it must be in [0, 1]")
-        if self.refine_patch_crop_method not in CROP_METHODS:
-            raise ValueError(
-                f"refine_patch_crop_method={self.refine_patch_crop_method!r} is not valid; valid: {list(CROP_METHODS)}"
-            )
-        if self.refine_patch_replace_method not in REPLACE_METHODS:
-            raise ValueError(
-                f"refine_patch_replace_method={self.refine_patch_replace_method!r} is not valid; "
-                f"valid: {list(REPLACE_METHODS)}"
-            )
-        if self.refiner.kernel_size not in KERNEL_SIZES:
-            raise ValueError(f"refine_kernel_size={self.refiner.kernel_size!r} is not valid; valid: {list(KERNEL_SIZES)}")
+        problem = refine_settings_error(
+            self.backbone_scale, self.refine_mode, self.refine_sample_pixels, self.refine_threshold,
+            self.refiner.kernel_size, self.refine_patch_crop_method, self.refine_patch_replace_method,
+        )
+        if problem:
+            raise ValueError(problem)
 
     def validate(self, src: Tensor, bgr: Tensor) -> None:
         validate_inputs(src, bgr)
@@ -161,6 +155,12 @@ class MattingRefine(MattingBase):
         )
 
     def forward(self, src: Tensor, bgr: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:  # type: ignore[override]
+        pha, fgr, pha_sm, fgr_sm, err_sm, ref_sm = self.forward_list(src, bgr)
+        return [pha, fgr, pha_sm, fgr_sm, err_sm, ref_sm]
+
+    def forward_list(self, src: Tensor, bgr: Tensor) -> List[Tensor]:  # noqa: UP006 - TorchScript
+        """The forward pass returning a list: the TorchScript export scripts this method
+        itself (it cannot call ``forward`` under another name), so there is one copy."""
         self.validate(src, bgr)
         src_sm = self.downsample(src)
         bgr_sm = self.downsample(bgr)
@@ -186,4 +186,4 @@ class MattingRefine(MattingBase):
         pha = pha.clamp(0.0, 1.0)
         fgr = (fgr_residual + src).clamp(0.0, 1.0)
         fgr_sm = (src_sm + fgr_residual_sm).clamp(0.0, 1.0)
-        return pha, fgr, pha_sm, fgr_sm, err_sm, ref_sm
+        return [pha, fgr, pha_sm, fgr_sm, err_sm, ref_sm]

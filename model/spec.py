@@ -18,3 +18,39 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
     "refine": ("pha", "fgr", "pha_sm", "fgr_sm", "err_sm", "ref_sm"),
     "base": ("pha", "fgr", "err", "hid"),
 }
+
+# Valid ranges of the refine settings (ModelConfig, MattingRefine and the scripted
+# TorchScript model check against these).
+BACKBONE_SCALE_RANGE = (0.0, 0.5)  # exclusive low, inclusive high
+MIN_SAMPLE_PIXELS = 16  # one 4x4 cell
+THRESHOLD_RANGE = (0.0, 1.0)  # inclusive
+
+
+def refine_settings_error(
+    backbone_scale: float,
+    refine_mode: str,
+    refine_sample_pixels: int,
+    refine_threshold: float,
+    refine_kernel_size: int,
+    refine_patch_crop_method: str,
+    refine_patch_replace_method: str,
+) -> str | None:
+    """The message naming the first refine setting that is not valid, or None."""
+    choices = (
+        ("refine_mode", refine_mode, REFINE_MODES),
+        ("refine_kernel_size", refine_kernel_size, KERNEL_SIZES),
+        ("refine_patch_crop_method", refine_patch_crop_method, CROP_METHODS),
+        ("refine_patch_replace_method", refine_patch_replace_method, REPLACE_METHODS),
+    )
+    for name, value, valid in choices:
+        if value not in valid:
+            return f"{name}={value!r} is not valid; valid: {', '.join(map(str, valid))}"
+    low, high = BACKBONE_SCALE_RANGE
+    if not low < backbone_scale <= high:
+        return f"backbone_scale={backbone_scale!r} is not valid; it must be in ({low}, {high}]"
+    if refine_sample_pixels < MIN_SAMPLE_PIXELS:
+        return f"refine_sample_pixels={refine_sample_pixels!r} is not valid; it must be >= {MIN_SAMPLE_PIXELS}"
+    low, high = THRESHOLD_RANGE
+    if not low <= refine_threshold <= high:
+        return f"refine_threshold={refine_threshold!r} is not valid; it must be in [{low}, {high}]"
+    return None

@@ -7,20 +7,18 @@ that the tuple it returns can be named.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from exporters.metadata import TORCHSCRIPT_EXTRA_FILE, ExportMetadata
 from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
 from model.spec import INPUT_NAMES, OUTPUT_NAMES
 
 from .base import BaseRunner, TensorMeta
 from .providers import to_tensor, torch_device
 from .registry import register_runner
-
-METADATA_FILE = "bgm_deploy.json"  # same name as exporters.metadata.TORCHSCRIPT_EXTRA_FILE
 
 
 def import_torch() -> Any:
@@ -62,27 +60,23 @@ class TorchScriptRunner(BaseRunner):
         self.device = torch_device(self.device_name, self.allow_fallback, self.name)
         if not self.path.is_file():
             raise ModelFileError(f"TorchScript model {self.path} does not exist")
-        extra = {METADATA_FILE: ""}
+        extra = {TORCHSCRIPT_EXTRA_FILE: ""}
         try:
             self.module = torch.jit.load(str(self.path), map_location=self.device, _extra_files=extra).eval()
         except (RuntimeError, ValueError) as exc:
             raise ModelFileError(f"{self.path}: not a readable TorchScript file ({str(exc).splitlines()[0]})") from None
-        self._output_names, self._dtype = self._read_io(extra[METADATA_FILE])
+        self._output_names, self._dtype = self._read_io(extra[TORCHSCRIPT_EXTRA_FILE])
         self.provider = f"torch.jit:{self.device}"
 
     def _read_io(self, text: str | bytes) -> tuple[tuple[str, ...], np.dtype]:
         if text:
-            try:
-                data = json.loads(text)
-                model_type = data["model_config"]["model_type"]
-                export = data.get("export", {})
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
-                raise ModelFileError(f"{self.path}: bgm-deploy metadata is unreadable ({exc}); re-export the model") from None
-            names = tuple(export.get("outputs") or OUTPUT_NAMES[model_type])
+            metadata = ExportMetadata.from_json(text.decode() if isinstance(text, bytes) else text, str(self.path))
+            export = metadata.export
+            names = tuple(export.get("outputs") or OUTPUT_NAMES[metadata.model_config.model_type])
             return names, np.dtype(export.get("io_dtype", "float32"))
         if self.model_type is None:
             raise ModelFileError(
-                f"{self.path}: has no bgm-deploy metadata ({METADATA_FILE}); pass model_type='refine' or 'base' "
+                f"{self.path}: has no bgm-deploy metadata ({TORCHSCRIPT_EXTRA_FILE}); pass model_type='refine' or 'base' "
                 "to name its outputs"
             )
         return OUTPUT_NAMES[self.model_type], np.dtype(np.float32)

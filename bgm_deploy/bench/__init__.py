@@ -47,7 +47,6 @@ MODES = ("fixed", "adaptive")
 NAMED_RESOLUTIONS = {"hd": (1920, 1080), "4k": (3840, 2160)}
 # The fixed-mode input: the HD pair, resized to each benchmark resolution.
 FIXED_PAIR = "astronaut_rocket_1920x1080_shifted"
-E2E_STAGES = ("decode", "preprocess", "infer", "postprocess", "encode")
 
 Progress = Callable[[str], None]
 
@@ -526,10 +525,3 @@ class _Run:
 
 def _on_gpu(backend: Any) -> bool:
     return getattr(backend, "device", "cpu") == "cuda"
-
-
-def default_threads() -> int:
-    """The thread count ``bench`` uses when none is given: torch's current setting."""
-    import torch
-
-    return int(torch.get_num_threads()) or (os.cpu_count() or 1)

@@ -34,8 +34,6 @@ from .harness import CudaEventTimer, SyncTimer, Timer, cpu_timer
 
 BACKENDS = ("eager", "torchscript", "onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
-INPUT_NAMES = ("src", "bgr")
-OUTPUT_NAMES = ("pha", "fgr", "pha_sm", "fgr_sm", "err_sm", "ref_sm")
 # The original project's ONNX export methods (RoiAlign crops, ScatterElements replace):
 # what the ONNX backends run. Eager PyTorch and TorchScript keep unfold + scatter_nd.
 ONNX_PATCH_METHODS = {"refine_patch_crop_method": "roi_align", "refine_patch_replace_method": "scatter_element"}
@@ -222,7 +220,7 @@ class RunnerBackend(PreparedBackend):
             return run_module
         session = getattr(self.runner, "session", None)
         if self.device == "cuda" and session is not None:
-            return self._bound_onnxruntime(session, inputs)
+            return self._bound_onnxruntime(inputs)
         if self.device == "cuda":
             # TensorRT runner: inputs given as CUDA tensors (no host→device copy); its infer()
             # still copies the outputs to the host, so these timings include that copy.
@@ -232,23 +230,12 @@ class RunnerBackend(PreparedBackend):
         feeds = inputs.feeds()
         return lambda: self.runner.infer(feeds)
 
-    def _bound_onnxruntime(self, session: Any, inputs: Inputs) -> Callable[[], Any]:
-        """onnxruntime on CUDA with IO binding: inputs bound once on the device, outputs left
-        there. Unverified: written against the onnxruntime IOBinding API, no GPU here."""
-        import torch
-
+    def _bound_onnxruntime(self, inputs: Inputs) -> Callable[[], Any]:
+        """onnxruntime on CUDA with the runner's IO binding: inputs bound once on the device,
+        outputs left there (unverified: no GPU here)."""
         src, bgr = inputs.torch("cuda", "fp32")
-        binding = session.io_binding()
-        for name, tensor in zip(INPUT_NAMES, (src, bgr)):
-            binding.bind_input(name, "cuda", tensor.device.index or 0, np.float32, list(tensor.shape), tensor.data_ptr())
-        for output in session.get_outputs():
-            binding.bind_output(output.name, "cuda", torch.cuda.current_device())
-
-        def run() -> Any:
-            session.run_with_iobinding(binding)
-            return binding
-
-        return run
+        binding = self.runner.bind_device_io({"src": src, "bgr": bgr})
+        return lambda: self.runner.run_bound(binding)
 
     def infer(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.runner.infer({k: v.astype(self.input_dtype, copy=False) for k, v in feeds.items()})
