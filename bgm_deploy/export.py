@@ -1,41 +1,56 @@
-"""``export``: build the reference model from a :class:`ModelConfig`, export it, re-check it."""
+"""``export``: build the reference model from a :class:`ModelConfig`, export it, re-check it.
+
+Every rule of an export is decided here, so that Python and CLI users get the same file:
+the settings a :class:`ModelConfig` leaves unset (backbone scale and sample pixels from the
+target resolution, crop/replace methods per format), the trace size, the parity re-checks
+(after simplify and after export, through the runners and verify's comparison), the
+TensorRT preflight of a ``target="tensorrt"`` export, verification on request, and the JSON
+report. ``bgm-deploy export`` only turns options into these arguments.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import onnx as onnx_lib
 import torch
 
-from exporters.config import OnnxConfig, TorchScriptConfig
-from exporters.onnx import example_inputs, onnx_from_torch
-from exporters.preflight import preflight_onnx
-from exporters.tensorrt import EngineConfig, engine_from_onnx, import_tensorrt, require_gpu
+from exporters.atomic import atomic_write_text
+from exporters.config import DEFAULT_TRACE_RESOLUTION, PATCH_METHODS, OnnxConfig, TorchScriptConfig
+from exporters.onnx import SimplifyCheck, example_inputs, onnx_from_torch
+from exporters.preflight import PreflightReport, preflight_onnx
+from exporters.tensorrt import EngineConfig, EngineInfo, engine_from_onnx, import_tensorrt, require_gpu
 from exporters.torchscript import torchscript_from_torch
 from model.checkpoint import build_model, config_for_checkpoint
 from model.config import ModelConfig
 from model.errors import ExportError, UsageError
 from runtimes import create_runner
 
-from .verify import VerifyConfig, compare_case
+from .verify import CaseResult, VerifyConfig, VerifyReport, compare_case, verify
 
 FORMATS = ("onnx", "torchscript")
-REPORT_SCHEMA_VERSION = 1
+REPORT_SCHEMA_VERSION = 2
 # Re-check at the trace size against eager PyTorch (fp32 only; onnxruntime's CPU fp16
 # kernels are not accurate enough for a parity check, see docs/export.md). Looser than the
 # test tolerance: this catches a broken graph, `bgm-deploy verify` does the parity claim.
 RECHECK_TOLERANCE = 1e-3
+# Simplified and unsimplified graphs run the same kernels; a larger gap means onnxsim
+# changed the computation.
+SIMPLIFY_TOLERANCE = 1e-4
 
 Progress = Callable[[str], None]
 
 
 @dataclass
 class ExportReport:
-    """What :func:`export` did, serialisable to JSON."""
+    """What :func:`export` did, serialisable to JSON (``to_dict``)."""
 
     path: str
     format: str
@@ -45,7 +60,14 @@ class ExportReport:
     seconds: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     recheck_max_abs_diff: dict[str, float] | None = None
+    preflight: PreflightReport | None = None  # target="tensorrt" exports
+    verification: VerifyReport | None = None  # when asked for
     schema_version: int = REPORT_SCHEMA_VERSION
+
+    @property
+    def ok(self) -> bool:
+        """False when the TensorRT preflight blocks the file or the verification failed."""
+        return (self.preflight is None or self.preflight.ok) and (self.verification is None or self.verification.passed)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -58,38 +80,101 @@ class ExportReport:
             "seconds": self.seconds,
             "warnings": self.warnings,
             "recheck_max_abs_diff": self.recheck_max_abs_diff,
+            "preflight": None if self.preflight is None else self.preflight.to_dict(),
+            "verification": None if self.verification is None else self.verification.to_dict(),
+            "ok": self.ok,
         }
 
 
-def _recheck_onnx(path: Path, model: torch.nn.Module, model_config: ModelConfig, config: OnnxConfig) -> Any:
-    """The exported file against the eager model at the trace size, through the runner
-    layer and verify's comparison (the one parity rule: a patch selected differently only
-    at a tie is explained, not a failure). Returns the :class:`CaseResult`."""
+def resolve_export(
+    model_config: ModelConfig,
+    format: str,  # noqa: A002 - the CLI option's name
+    onnx: OnnxConfig | None = None,
+    resolution: tuple[int, int] | None = None,
+) -> tuple[ModelConfig, OnnxConfig | None]:
+    """The model and ONNX settings an export will use: unset model settings from the target
+    ``resolution`` (HD when None) and the format's patch methods, the ONNX trace size from
+    the config, else the resolution, else ``DEFAULT_TRACE_RESOLUTION``."""
+    if format not in FORMATS:
+        raise UsageError(f"format={format!r} is not valid; valid: {', '.join(FORMATS)}")
+    resolved = model_config.resolved(resolution, PATCH_METHODS[format])
+    if format != "onnx":
+        return resolved, None
+    onnx_config = onnx or OnnxConfig()
+    if onnx_config.trace_resolution is None:
+        onnx_config = dataclasses.replace(onnx_config, trace_resolution=resolution or DEFAULT_TRACE_RESOLUTION)
+    return resolved, onnx_config
 
 
-    src, bgr = (t.numpy() for t in example_inputs(config, torch.float32, seed=3))
-    reference = create_runner("pytorch", module=model, model_type=model_config.model_type)
-    runner = create_runner("onnxruntime", path=path, provider="cpu")
+def _check_case(model_config: ModelConfig, expected_path: Path | None, model: torch.nn.Module | None, got_path: Path,
+                src: Any, bgr: Any, name: str, atol: float) -> CaseResult:
+    """One case through the runner layer and verify's comparison: the ONNX file ``got_path``
+    against eager ``model`` or against another ONNX file ``expected_path``."""
+    if model is not None:
+        reference = create_runner("pytorch", module=model, model_type=model_config.model_type)
+    else:
+        reference = create_runner("onnxruntime", path=expected_path, provider="cpu")
+    runner = create_runner("onnxruntime", path=got_path, provider="cpu")
     with reference, runner:
         expected = reference.infer({"src": src, "bgr": bgr})
         got = runner.infer({"src": src, "bgr": bgr})
-    tolerance = VerifyConfig(default_atol=RECHECK_TOLERANCE)
-    return compare_case("re-check at the trace size", list(src.shape), expected, got, model_config, "float32", tolerance)
+    return compare_case(name, list(src.shape), expected, got, model_config, "float32", VerifyConfig(default_atol=atol))
+
+
+def _recheck_onnx(path: Path, model: torch.nn.Module, model_config: ModelConfig, config: OnnxConfig) -> CaseResult:
+    """The exported file against the eager model at the trace size (a patch selected
+    differently only at a tie is explained, not a failure)."""
+    src, bgr = (t.numpy() for t in example_inputs(config, torch.float32, seed=3))
+    return _check_case(model_config, None, model, path, src, bgr, "re-check at the trace size", RECHECK_TOLERANCE)
+
+
+def _simplify_check(model_config: ModelConfig, config: OnnxConfig) -> SimplifyCheck | None:
+    """The simplified graph against the exported one, at the trace size and at a second size
+    and batch (shapes stay dynamic), through the runners and verify's comparison."""
+    if config.precision != "fp32":
+        return None  # onnxruntime's CPU fp16 kernels are too inexact for a parity check
+    width, height = config.trace_resolution or DEFAULT_TRACE_RESOLUTION
+    sizes = (dataclasses.replace(config, trace_resolution=(width, height)),
+             dataclasses.replace(config, trace_batch=2, trace_resolution=(width + 64, height + 32)))
+
+    def check(exported: Any, simplified: Any) -> str | None:
+        with tempfile.TemporaryDirectory(prefix="bgm-simplify-") as folder:
+            before, after = Path(folder) / "exported.onnx", Path(folder) / "simplified.onnx"
+            onnx_lib.save(exported, str(before))
+            onnx_lib.save(simplified, str(after))
+            for seed, size in enumerate(sizes, start=1):
+                src, bgr = (t.numpy() for t in example_inputs(size, torch.float32, seed))
+                try:
+                    case = _check_case(model_config, before, None, after, src, bgr, "simplify", SIMPLIFY_TOLERANCE)
+                except Exception as exc:  # noqa: BLE001 - any failure to run the simplified graph keeps the original
+                    return f"the simplified model does not run in onnxruntime ({type(exc).__name__})"
+                if case.verdict == "fail":
+                    worst = max(o.max_abs for o in case.outputs)
+                    return f"the simplified model differs by {worst:.3g} from the exported one ({'; '.join(case.notes)})"
+        return None
+
+    return check
 
 
 def export(
-    model_config: ModelConfig,
-    output: str | Path,
+    model_config: ModelConfig | None = None,
+    output: str | Path = "bgm.onnx",
     format: str = "onnx",  # noqa: A002 - the CLI option's name
     onnx: OnnxConfig | None = None,
     torchscript: TorchScriptConfig | None = None,
     checkpoint: str | Path | None = None,
     progress: Progress | None = None,
+    *,
+    resolution: tuple[int, int] | None = None,
+    verify_after: VerifyConfig | bool = False,
+    json_path: str | Path | None = None,
 ) -> ExportReport:
-    """Builds the model, exports it to ``output`` and re-checks the file.
+    """Builds the model, exports it to ``output``, re-checks the file and, for a TensorRT
+    target, runs the preflight. ``bgm-deploy export`` is this function.
 
     Args:
-        model_config: the model to build; with ``checkpoint`` its sha256 is recorded.
+        model_config: the model (default ``ModelConfig()``); settings left None are decided
+            by :func:`resolve_export`. With ``checkpoint`` its sha256 is recorded.
         output: destination file, written atomically.
         format: ``"onnx"`` or ``"torchscript"``.
         onnx: ONNX settings (default :class:`OnnxConfig`).
@@ -97,24 +182,27 @@ def export(
         checkpoint: official/compatible checkpoint; None uses synthetic weights from
             ``model_config.seed``.
         progress: called with one line per stage.
+        resolution: the target ``(width, height)``: picks unset backbone scale / sample
+            pixels (up to HD 0.25 / 80,000, above 0.125 / 320,000) and is the ONNX trace
+            size unless ``onnx.trace_resolution`` is set.
+        verify_after: run :func:`bgm_deploy.verify.verify` on the file (True: default cases).
+        json_path: also write the report there as JSON (atomically).
 
     Returns:
-        :class:`ExportReport`.
+        :class:`ExportReport`; ``report.ok`` is False when the preflight blocks the file or
+        the verification failed (the file is kept: it is what was asked for).
 
     Raises:
         UsageError, CheckpointError, ExportError: see the message.
     """
-
     say = progress or (lambda _message: None)
-    if format not in FORMATS:
-        raise UsageError(f"format={format!r} is not valid; valid: {', '.join(FORMATS)}")
+    model_config, onnx_config = resolve_export(model_config or ModelConfig(), format, onnx, resolution)
     output = Path(output)
     if checkpoint is not None:
         model_config = config_for_checkpoint(model_config, checkpoint)
     # Check the export settings before the (slow) model build.
-    onnx_config = onnx or OnnxConfig()
     script_config = torchscript or TorchScriptConfig()
-    if format == "onnx":
+    if onnx_config is not None:
         onnx_config.check_for(model_config.model_type, model_config.refine_patch_crop_method)
     else:
         script_config.output_names(model_config.model_type)
@@ -125,9 +213,9 @@ def export(
     build_seconds = time.perf_counter() - start
     say(f"build: {model_config.backbone} {model_config.model_type}, weights {model_config.weights_label} ({build_seconds:.1f} s)")
 
-    if format == "onnx":
-        result = onnx_from_torch(model, model_config, onnx_config, output, progress)
-        recheck: dict[str, float] | None = None
+    recheck: dict[str, float] | None = None
+    if onnx_config is not None:
+        result = onnx_from_torch(model, model_config, onnx_config, output, progress, _simplify_check(model_config, onnx_config))
         if onnx_config.precision == "fp32":
             say("re-check: running the file in onnxruntime and the model in PyTorch at the trace size ...")
             case = _recheck_onnx(result.path, model, model_config, onnx_config)
@@ -147,63 +235,58 @@ def export(
             result.warnings.append("fp16 model: parity re-check skipped on CPU (run `bgm-deploy verify` on a GPU)")
     else:
         result = torchscript_from_torch(model, model_config, script_config, output, progress)
-        recheck = None
     assert result.metadata is not None  # set by both exporters on success
-    seconds = {"build": build_seconds, **result.seconds}
-    return ExportReport(
+    report = ExportReport(
         path=str(result.path),
         format=format,
         size_bytes=result.size_bytes,
         model_config=model_config.to_dict(),
         export=result.metadata.export,
-        seconds=seconds,
+        seconds={"build": build_seconds, **result.seconds},
         warnings=list(result.warnings),
         recheck_max_abs_diff=recheck,
     )
+    if onnx_config is not None and onnx_config.target == "tensorrt":
+        say("preflight: checking the graph for TensorRT ...")
+        report.preflight = preflight_onnx(result.path, target="tensorrt")
+    if verify_after:
+        say("verify: comparing the file with PyTorch on the default cases ...")
+        config = verify_after if isinstance(verify_after, VerifyConfig) else VerifyConfig(checkpoint=checkpoint)
+        report.verification = verify(result.path, config, progress=progress)
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, default=str))
+    return report
 
 
 def export_engine(
     output: str | Path,
-    engine: Any = None,
+    engine: EngineConfig | None = None,
     model_config: ModelConfig | None = None,
     onnx: OnnxConfig | None = None,
     checkpoint: str | Path | None = None,
     from_onnx: str | Path | None = None,
     progress: Progress | None = None,
-) -> Any:
+    *,
+    resolution: tuple[int, int] | None = None,
+) -> EngineInfo:
     """Builds a TensorRT engine (UNVERIFIED on hardware: no GPU was available in development).
 
     Either from an existing bgm-deploy ONNX file (``from_onnx``), or by first exporting
-    ``model_config`` to a TensorRT-safe ONNX (``target="tensorrt"``) in a temporary folder.
+    ``model_config`` to a TensorRT-safe ONNX (``target="tensorrt"``) in a temporary folder
+    with :func:`export` (the same file ``bgm-deploy export --target tensorrt`` writes).
     TensorRT and a GPU are checked first, so a machine without them fails at once.
-
-    Args:
-        engine: an :class:`exporters.tensorrt.EngineConfig` (default: fp32, preset from the model).
-
-    Returns:
-        The :class:`exporters.tensorrt.EngineInfo` of the written engine.
 
     Raises:
         RuntimeUnavailableError: no TensorRT or no GPU here.
     """
-    import tempfile
-
-
     engine = engine or EngineConfig()
     import_tensorrt()
     require_gpu(engine.device_id)
     if from_onnx is not None:
         return engine_from_onnx(from_onnx, engine, output, progress)
-    if model_config is None:
-        raise UsageError("export_engine needs model_config= or from_onnx=")
     onnx_config = dataclasses.replace(onnx or OnnxConfig(), target="tensorrt", precision="fp32")
     with tempfile.TemporaryDirectory(prefix="bgm-engine-") as folder:
         source = Path(folder) / "model.onnx"
-        export(model_config, source, "onnx", onnx=onnx_config, checkpoint=checkpoint, progress=progress)
+        export(model_config, source, "onnx", onnx=onnx_config, checkpoint=checkpoint, progress=progress,
+               resolution=resolution)
         return engine_from_onnx(source, engine, output, progress)
-
-
-def tensorrt_preflight(path: str | Path) -> Any:
-    """The TensorRT preflight report of an exported ONNX file (``exporters.preflight``)."""
-
-    return preflight_onnx(path, target="tensorrt")

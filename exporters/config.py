@@ -46,6 +46,15 @@ DEFAULT_OPSET: dict[str, int] = {"legacy": 17, "dynamo": 18}
 # RoiAlign's coordinate_transformation_mode (needed for aligned=False crops) is opset 16.
 MIN_OPSET_ROI_ALIGN = 16
 DEFAULT_EXPORTER = "legacy"
+# Patch crop/replace methods per format when the model config leaves them unset. ONNX:
+# RoiAlign + ScatterElements (batch-correct, unlike the original's ONNX path; the fast
+# rewrites build on RoiAlign); TorchScript keeps the reference model's own unfold + scatter_nd.
+PATCH_METHODS: dict[str, tuple[str, str]] = {
+    "onnx": ("roi_align", "scatter_element"),
+    "torchscript": ("unfold", "scatter_nd"),
+}
+# Trace size of an ONNX export when neither the config nor a target resolution gives one.
+DEFAULT_TRACE_RESOLUTION = (320, 256)
 
 
 def output_names(model_type: str) -> tuple[str, ...]:
@@ -80,35 +89,41 @@ class OnnxConfig:
     """How to export an ONNX file.
 
     Attributes:
-        opset: ONNX opset (legacy 13..20, dynamo 18..23; roi_align crops need 16+).
+        opset: ONNX opset (legacy 13..20, dynamo 18..23; roi_align crops need 16+); None:
+            the exporter's default (``DEFAULT_OPSET``: legacy 17, dynamo 18).
         exporter: ``"legacy"`` (TorchScript-based) or ``"dynamo"`` (torch.export-based).
         precision: ``"fp32"`` or ``"fp16"`` (fp16 weights, activations *and* inputs/outputs;
             RoiAlign boxes stay float32).
         simplify: run onnxsim (falls back to the unsimplified graph with a warning).
         outputs: output names to keep (the rest is pruned from the graph); None keeps all.
         trace_batch: batch size of the example inputs used for tracing.
-        trace_resolution: ``(width, height)`` of the example inputs, divisible by 4.
+        trace_resolution: ``(width, height)`` of the example inputs, divisible by 4; None:
+            the export's target resolution if one is given, else ``DEFAULT_TRACE_RESOLUTION``.
         target: ``"generic"`` or ``"tensorrt"`` (applies the TensorRT-safe patches).
     """
 
-    opset: int = 17
+    opset: int | None = None
     exporter: str = DEFAULT_EXPORTER
     precision: str = "fp32"
     simplify: bool = True
     outputs: tuple[str, ...] | None = None
     trace_batch: int = 1
-    trace_resolution: tuple[int, int] = (320, 256)
+    trace_resolution: tuple[int, int] | None = None
     target: str = "generic"
 
     def __post_init__(self) -> None:
         if self.exporter not in EXPORTERS:
             raise UsageError(f"exporter={self.exporter!r} is not valid; valid: {', '.join(EXPORTERS)}")
+        if self.opset is None:  # each exporter has its own default (dynamo cannot write < 18)
+            object.__setattr__(self, "opset", DEFAULT_OPSET[self.exporter])
         if self.precision not in PRECISIONS:
             raise UsageError(f"precision={self.precision!r} is not valid; valid: {', '.join(PRECISIONS)}")
         if self.target not in TARGETS:
             raise UsageError(f"target={self.target!r} is not valid; valid: {', '.join(TARGETS)}")
         if self.trace_batch < 1:
             raise UsageError(f"trace_batch={self.trace_batch} is not valid; it must be >= 1")
+        if self.trace_resolution is None:
+            return _check_outputs(self.outputs)
         width, height = self.trace_resolution
         if width < 64 or height < 64 or width % 4 or height % 4:
             raise UsageError(

@@ -88,6 +88,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo
 
 
 def _new_model(config: ModelConfig) -> MattingBase:
+    config = config.resolved()  # unset settings: HD preset, the reference's own patch methods
     if config.model_type == "base":
         return MattingBase(config.backbone)
     return MattingRefine(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UsageError
-from .spec import BACKBONES, MODEL_TYPES, refine_settings_error
+from .spec import BACKBONES, DEFAULT_CROP_METHOD, DEFAULT_REPLACE_METHOD, MODEL_TYPES, refine_settings_error
 
 CONFIG_SCHEMA_VERSION = 1
 
@@ -29,6 +29,11 @@ def auto_backbone_scale(width: int, height: int) -> tuple[float, int]:
     return HD_PRESET if width * height <= HD_PIXELS else UHD_PRESET
 
 
+def preset_for(resolution: tuple[int, int] | None) -> tuple[float, int]:
+    """``(backbone_scale, refine_sample_pixels)`` for a target ``(width, height)``; HD when unknown."""
+    return auto_backbone_scale(*(resolution or (1920, 1080)))
+
+
 def _check_choice(name: str, value: Any, valid: tuple[Any, ...]) -> None:
     if value not in valid:
         raise UsageError(f"{name}={value!r} is not valid; valid: {', '.join(map(str, valid))}")
@@ -40,18 +45,25 @@ class ModelConfig:
 
     ``seed`` names the synthetic weights (see :mod:`model.synthetic`) when
     ``checkpoint_sha256`` is None; with a checkpoint the seed is ignored.
+
+    Four settings may be left None, decided where the information exists (:meth:`resolved`):
+    ``backbone_scale`` and ``refine_sample_pixels`` from the target resolution (the
+    original's presets: up to HD 0.25 / 80,000, above 0.125 / 320,000; HD when no
+    resolution is known), the crop/replace methods from the export format (ONNX
+    roi_align + scatter_element, TorchScript and eager unfold + scatter_nd; see
+    ``exporters.config.PATCH_METHODS``). Exported files always record resolved values.
     """
 
     model_type: str = "refine"
     backbone: str = "mobilenetv2"
-    backbone_scale: float = 0.25
+    backbone_scale: float | None = None
     refine_mode: str = "sampling"
-    refine_sample_pixels: int = 80_000
+    refine_sample_pixels: int | None = None
     refine_threshold: float = 0.1
     refine_kernel_size: int = 3
     refine_prevent_oversampling: bool = True
-    refine_patch_crop_method: str = "unfold"
-    refine_patch_replace_method: str = "scatter_nd"
+    refine_patch_crop_method: str | None = None
+    refine_patch_replace_method: str | None = None
     seed: int | None = 0
     checkpoint_sha256: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
@@ -59,9 +71,16 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _check_choice("model_type", self.model_type, MODEL_TYPES)
         _check_choice("backbone", self.backbone, BACKBONES)
+        # Unset (auto) settings are checked as the values they resolve to by default.
+        scale, pixels = preset_for(None)
         problem = refine_settings_error(
-            self.backbone_scale, self.refine_mode, self.refine_sample_pixels, self.refine_threshold,
-            self.refine_kernel_size, self.refine_patch_crop_method, self.refine_patch_replace_method,
+            scale if self.backbone_scale is None else self.backbone_scale,
+            self.refine_mode,
+            pixels if self.refine_sample_pixels is None else self.refine_sample_pixels,
+            self.refine_threshold,
+            self.refine_kernel_size,
+            self.refine_patch_crop_method or DEFAULT_CROP_METHOD,
+            self.refine_patch_replace_method or DEFAULT_REPLACE_METHOD,
         )
         if problem:
             raise UsageError(problem)
@@ -71,6 +90,29 @@ class ModelConfig:
     @property
     def is_synthetic(self) -> bool:
         return self.checkpoint_sha256 is None
+
+    @property
+    def is_resolved(self) -> bool:
+        """True when no setting is left to :meth:`resolved`."""
+        return None not in (self.backbone_scale, self.refine_sample_pixels, self.refine_patch_crop_method,
+                            self.refine_patch_replace_method)
+
+    def resolved(
+        self,
+        resolution: tuple[int, int] | None = None,
+        patch_methods: tuple[str, str] = (DEFAULT_CROP_METHOD, DEFAULT_REPLACE_METHOD),
+    ) -> ModelConfig:
+        """This config with every unset setting decided: scale and sample pixels from the
+        target ``(width, height)`` (HD when None), crop/replace from ``patch_methods``
+        (default: the reference model's own, unfold + scatter_nd). Set values are kept."""
+        scale, pixels = preset_for(resolution)
+        crop, replace = patch_methods
+        return self.replace(
+            backbone_scale=scale if self.backbone_scale is None else self.backbone_scale,
+            refine_sample_pixels=pixels if self.refine_sample_pixels is None else self.refine_sample_pixels,
+            refine_patch_crop_method=self.refine_patch_crop_method or crop,
+            refine_patch_replace_method=self.refine_patch_replace_method or replace,
+        )
 
     @property
     def weights_label(self) -> str:

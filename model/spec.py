@@ -11,6 +11,10 @@ REFINE_MODES = ("full", "sampling", "thresholding")
 CROP_METHODS = ("unfold", "roi_align", "gather")
 REPLACE_METHODS = ("scatter_nd", "scatter_element")
 KERNEL_SIZES = (1, 3)
+# The reference model's own patch methods (the original project's defaults); exporters pick
+# per-format defaults (exporters.config.PATCH_METHODS).
+DEFAULT_CROP_METHOD = "unfold"
+DEFAULT_REPLACE_METHOD = "scatter_nd"
 
 INPUT_NAMES: tuple[str, ...] = ("src", "bgr")
 # Output order of MattingRefine.forward / MattingBase.forward.

@@ -46,7 +46,6 @@ class TensorRTRunner(BaseRunner):
         self._buffers: dict[str, Any] = {}
 
     def _activate(self) -> None:
-
         if not self.path.is_file():
             raise ModelFileError(f"engine file {self.path} does not exist")
         trt = import_tensorrt()

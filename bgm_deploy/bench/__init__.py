@@ -130,7 +130,6 @@ class BenchConfig:
     plot_path: Path | None = None
 
     def __post_init__(self) -> None:
-
         if self.timing is None:
             object.__setattr__(self, "timing", TimingConfig())
         if self.mode not in MODES:
@@ -376,7 +375,6 @@ class _Run:
     """The measuring loop of one :func:`bench` call (state shared by its steps)."""
 
     def __init__(self, config: BenchConfig, device: str, threads: int, workdir: Path, say: Progress) -> None:
-
         self.config = config
         self.device = device
         self.threads = threads
@@ -390,7 +388,6 @@ class _Run:
         self._flops: dict[tuple[str, int, int], int] = {}
 
     def run(self) -> None:
-
         config = self.config
         if config.count_flops:
             self._measure_peaks()
@@ -407,14 +404,12 @@ class _Run:
         self._speedups()
 
     def _measure_peaks(self) -> None:
-
         self.say("measuring the fp32 GEMM peak…")
         self.peaks["cpu"] = measure_peak_gemm("cpu").to_dict()
         if self.device == "cuda":
             self.peaks["cuda"] = measure_peak_gemm("cuda", size=8192).to_dict()
 
     def _measure(self, job: _Job, backend_name: str, precision: str, size: tuple[int, int]) -> None:
-
         config, model = self.config, job.config
         label = f"{backend_name} {model.backbone} {size[0]}x{size[1]} {precision}"
         self.say(f"preparing {label}…")
@@ -481,7 +476,6 @@ class _Run:
             backend.close()
 
     def _add(self, result: Any) -> None:
-
         self.results.append(result)
         s = result.stats
         self.say(f"  {result.backend} {result.scope}: median {s.median_ms:.1f} ms, p99 {s.p99_ms:.1f} ms, CV {s.cv:.3f}")

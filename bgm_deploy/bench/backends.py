@@ -15,28 +15,25 @@ scatter_element replace, its defaults) into a work directory, once per model con
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-import exporters.config as export_config
 import runtimes
-from exporters.config import OnnxConfig
+from exporters.config import DEFAULT_EXPORTER, OnnxConfig
 from exporters.tensorrt import EngineConfig, engine_from_onnx
 from model.config import ModelConfig
-from model.errors import RuntimeUnavailableError, UsageError
+from model.errors import UsageError
 
+from ..export import export
 from .harness import CudaEventTimer, SyncTimer, Timer, cpu_timer
 
 BACKENDS = ("eager", "torchscript", "onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
-# The original project's ONNX export methods (RoiAlign crops, ScatterElements replace):
-# what the ONNX backends run. Eager PyTorch and TorchScript keep unfold + scatter_nd.
-ONNX_PATCH_METHODS = {"refine_patch_crop_method": "roi_align", "refine_patch_replace_method": "scatter_element"}
 # The backends whose work runs on a CUDA device.
 GPU_BACKENDS = ("onnx-cuda", "onnx-tensorrt", "tensorrt")
 
@@ -75,14 +72,6 @@ def unavailable_reason(backend: str, precision: str, device: str) -> str | None:
     return None
 
 
-def _export_api() -> Any:
-    """The exporter module, or a clear error when this install lacks it."""
-    try:
-        return importlib.import_module("bgm_deploy.export")
-    except ImportError as exc:
-        raise RuntimeUnavailableError(f"the exporter bgm_deploy.export cannot be imported ({exc})") from None
-
-
 class ArtifactCache:
     """Exported files in ``workdir``, one per (model config, format), made on first use."""
 
@@ -114,32 +103,22 @@ class ArtifactCache:
         them tied at zero error, and which tied cells top-k keeps is implementation-defined,
         so the parity re-check would compare different (equally valid) selections.
         """
-        import time
-
         key = (config.to_json(), fmt, target)
         if key not in self._paths:
             suffix = {"onnx": ".onnx", "torchscript": ".pt"}[fmt]
             path = self.workdir / f"model{len(self._paths)}{suffix}"
             what = fmt if target == "generic" else f"{fmt} ({target} target)"
             self.progress(f"exporting {config.backbone} ({config.backbone_scale:g}, {config.refine_sample_pixels} px) to {what}…")
-            api = _export_api()
-            extra: dict[str, Any] = {} if self.checkpoint is None else {"checkpoint": self.checkpoint}
+            onnx_config = None
             if fmt == "onnx":
-
-                options: dict[str, Any] = {"target": target}
-                if self.onnx_exporter is not None:
-
-                    options["exporter"] = self.onnx_exporter
-                    # Each exporter has its own lowest opset (dynamo: 18); use its default.
-                    opset = getattr(export_config, "DEFAULT_OPSET", {}).get(self.onnx_exporter)
-                    if opset is not None:
-                        options["opset"] = opset
-                if trace_resolution is not None:
-                    options["trace_resolution"] = (max(64, trace_resolution[0]), max(64, trace_resolution[1]))
-                extra["onnx"] = OnnxConfig(**options)
-            exported = config.replace(**ONNX_PATCH_METHODS) if fmt == "onnx" and config.model_type == "refine" else config
+                # The exporter's defaults (what `bgm-deploy export` writes) unless one is named.
+                onnx_config = OnnxConfig(
+                    target=target,
+                    exporter=self.onnx_exporter or DEFAULT_EXPORTER,
+                    trace_resolution=None if trace_resolution is None else (max(64, trace_resolution[0]), max(64, trace_resolution[1])),
+                )
             start = time.perf_counter()
-            api.export(exported, path, format=fmt, **extra)
+            export(config, path, fmt, onnx=onnx_config, checkpoint=self.checkpoint)
             self.export_seconds[path.name] = time.perf_counter() - start
             self._paths[key] = path
         return self._paths[key]
@@ -183,8 +162,6 @@ class RunnerBackend(PreparedBackend):
     """A registered runner (``runtimes``) around an exported file."""
 
     def __init__(self, name: str, runner_name: str, options: dict[str, Any], device: str, precision: str) -> None:
-
-        _load_runner_modules()
         self.name = name
         self.device = device
         self.precision = precision
@@ -243,13 +220,6 @@ class RunnerBackend(PreparedBackend):
     def close(self) -> None:
         if self.runner.is_active:
             self.runner.deactivate()
-
-
-def _load_runner_modules() -> None:
-    """Imports the runner modules so that they register themselves."""
-    for module in ("runtimes.onnxruntime", "runtimes.torchscript", "runtimes.tensorrt"):
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
 
 
 def prepare_backend(
