@@ -96,18 +96,19 @@ def info(as_json: bool) -> None:
               "onnx-tensorrt, tensorrt. Default: every backend usable here (others reported as skipped).")
 @click.option("--backbone", "backbones", multiple=True, help="Comma-separated backbones of the default model [mobilenetv2].")
 @click.option("--resolution", "resolutions", multiple=True, help="hd, 4k or WxH; repeatable or comma-separated [hd].")
-@click.option("--batch", default=1, show_default=True, type=int, help="Frames per call.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Frames per call.")
 @click.option("--precision", "precisions", multiple=True, help="fp32 and/or fp16 (fp16 needs a GPU) [fp32].")
 @click.option("--warmup", default="3", show_default=True, help="Untimed calls (N) or seconds (e.g. 2.5s).")
-@click.option("--iterations", default=10, show_default=True, type=int, help="Timed calls.")
-@click.option("--duration", type=float, default=None, help="Time calls for this many seconds instead of --iterations.")
+@click.option("--iterations", default=10, show_default=True, type=click.IntRange(min=1), help="Timed calls.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Time calls for this many seconds instead of --iterations.")
 @click.option("--mode", type=click.Choice(["fixed", "adaptive"]), default="fixed", show_default=True,
               help="fixed: exactly sample_pixels refined per frame; adaptive: real pairs, refined fraction reported.")
 @click.option("--end-to-end/--no-end-to-end", default=False, show_default=True,
               help="Also time decode → preprocess → infer → postprocess → encode on image files.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads for torch and onnxruntime [torch's setting].")
-@click.option("--backbone-scale", type=float, default=None, help="Override the per-resolution preset (0.25 HD, 0.125 4K).")
-@click.option("--sample-pixels", type=int, default=None, help="Override the preset (80000 HD, 320000 4K).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads for torch and onnxruntime [torch's setting].")
+@click.option("--backbone-scale", type=click.FloatRange(0.01, 0.5), default=None,
+              help="Override the per-resolution preset (0.25 HD, 0.125 4K).")
+@click.option("--sample-pixels", type=click.IntRange(min=16), default=None, help="Override the preset (80000 HD, 320000 4K).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Weights (default: synthetic).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Synthetic-weights seed.")
 @click.option("--onnx-exporter", type=click.Choice(["legacy", "dynamo"]), default=None,
@@ -161,13 +162,15 @@ def bench(ctx: click.Context, models: tuple[str, ...], backends: tuple[str, ...]
 
 
 
-def _parse_size(value: str | None, option: str) -> tuple[int, int] | None:
+def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int, int] | None:
+    from .config import check_resolution
+
     if value is None:
         return None
     width, sep, height = value.lower().partition("x")
     if not sep or not width.isdigit() or not height.isdigit():
         raise click.BadParameter(f"{value!r} is not WxH (e.g. 1920x1080)", param_hint=option)
-    return int(width), int(height)
+    return check_resolution(int(width), int(height), option, multiple)
 
 
 @cli.command()
@@ -179,10 +182,11 @@ def _parse_size(value: str | None, option: str) -> tuple[int, int] | None:
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="PyTorch checkpoint instead of --model.")
 @click.option("--backbone", type=click.Choice(["mobilenetv2", "resnet50", "resnet101"]),
               help="With --checkpoint: expected backbone [read from the checkpoint].")
-@click.option("--backbone-scale", type=float, help="With --checkpoint: base network scale [0.25].")
+@click.option("--backbone-scale", type=float, help="With --checkpoint: base network scale, 0.01..0.5 [0.25].")
 @click.option("--refine-mode", type=click.Choice(["sampling", "thresholding", "full"]), help="With --checkpoint [sampling].")
-@click.option("--refine-sample-pixels", type=int, help="With --checkpoint: pixels refined in sampling mode [80000].")
-@click.option("--refine-threshold", type=float, help="With --checkpoint: error threshold in thresholding mode [0.1].")
+@click.option("--refine-sample-pixels", type=int,
+              help="With --checkpoint: pixels refined in sampling mode, 16 or more [80000].")
+@click.option("--refine-threshold", type=float, help="With --checkpoint: error threshold in thresholding mode, 0..1 [0.1].")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--allow-fallback/--no-allow-fallback", default=False, show_default=True,
               help="Run on CPU (loud warning) when the provider is not usable, instead of failing.")
@@ -226,14 +230,15 @@ def matte(
 ) -> None:
     """Matte photos: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
     from .errors import UsageError
-    from .matte import MatteOptions, ProgressPrinter, matte as run_matte
+    from .matte import MatteOptions, ProgressPrinter, check_matte_paths, matte as run_matte
     from .predictor import config_from_checkpoint
 
+    check_matte_paths(src, bgr, output, model=model, report_path=report_path)  # before reading the checkpoint
     options = MatteOptions(
         outputs=tuple(name.strip() for name in outputs.split(",") if name.strip()),
         fgr_format=fgr_format,
         align=align,
-        resize=_parse_size(resize, "--resize"),
+        resize=_parse_size(resize, "--resize", multiple=1),
         workers=workers,
         overwrite=overwrite,
         skip_existing=skip_existing,
@@ -243,11 +248,14 @@ def matte(
                 "refine_sample_pixels": refine_sample_pixels, "refine_threshold": refine_threshold}
     if model is not None and (checkpoint is not None or any(v is not None for v in settings.values())):
         raise UsageError("--model carries its own settings; --checkpoint/--backbone/--refine-* apply only without it")
+    printer = ProgressPrinter(click.echo, quiet=state.quiet)
+    if checkpoint is not None:
+        printer.status(f"reading {checkpoint} ...")
     model_config = config_from_checkpoint(checkpoint, **settings) if checkpoint is not None else None
     report = run_matte(
         src, bgr, output, model=model, checkpoint=checkpoint, model_config=model_config, provider=provider,
-        allow_fallback=allow_fallback, options=options, progress=ProgressPrinter(click.echo, quiet=state.quiet),
-        report_path=report_path,
+        allow_fallback=allow_fallback, options=options, progress=printer, report_path=report_path,
+        status=printer.status,
     )
     for path in report.unmatched_backgrounds:
         state.echo(f"unused background: {path}", err=True)
@@ -267,7 +275,10 @@ def matte(
 def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_path: str | None) -> None:
     """Preflight an ONNX MODEL for a target without its hardware (exit 1 if something blocks it)."""
     from .check import check as run_check
+    from .paths import check_output_file
 
+    if json_path:
+        check_output_file(json_path, "--json", inputs=[("MODEL", model)])
     state: Context = ctx.obj
     report = run_check(model, target=target, min_tensorrt=min_tensorrt, json_path=json_path)
     for finding in report.findings:
@@ -282,6 +293,8 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 @click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript", "tensorrt"]),
               help="Output format (tensorrt: an engine; needs TensorRT and a GPU).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file (written atomically).")
+@click.option("--overwrite/--no-overwrite", default=False, show_default=True,
+              help="Replace an existing output file (by default an existing file is never replaced).")
 @click.option("--model-type", type=click.Choice(["refine", "base"]), default="refine", show_default=True)
 @click.option("--backbone", type=click.Choice(["mobilenetv2", "resnet50", "resnet101"]), default="mobilenetv2",
               show_default=True)
@@ -291,8 +304,9 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
               help="auto (from --resolution: 0.25 up to HD, 0.125 above) or a float in (0, 0.5].")
 @click.option("--refine-mode", type=click.Choice(["sampling", "thresholding", "full"]), default="sampling",
               show_default=True)
-@click.option("--refine-sample-pixels", type=int, default=None, help="Pixels refined per image [auto: 80000 HD, 320000 4K].")
-@click.option("--refine-threshold", type=float, default=0.1, show_default=True)
+@click.option("--refine-sample-pixels", type=click.IntRange(min=16), default=None,
+              help="Pixels refined per image [auto: 80000 HD, 320000 4K].")
+@click.option("--refine-threshold", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--refine-kernel-size", type=click.Choice(["1", "3"]), default="3", show_default=True)
 @click.option("--prevent-oversampling/--no-prevent-oversampling", default=True, show_default=True,
               help="Sampling mode: skip cells with zero error.")
@@ -301,7 +315,7 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 @click.option("--replace-method", type=click.Choice(["scatter_element", "scatter_nd"]), default=None,
               help="Patch replace [onnx: scatter_element, torchscript: scatter_nd].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--opset", type=int, default=None, help="ONNX opset [legacy 17, dynamo 18].")
+@click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset [legacy 17, dynamo 18].")
 @click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default=None,
               help="ONNX exporter: dynamo (torch.export-based) or legacy (TorchScript-based) [see docs/export.md].")
 @click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxsim (ONNX).")
@@ -325,7 +339,7 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 @click.pass_obj
 @handle_errors
 def export_command(
-    state: Context, fmt: str, output: str, model_type: str, backbone: str, checkpoint: str | None, seed: int,
+    state: Context, fmt: str, output: str, overwrite: bool, model_type: str, backbone: str, checkpoint: str | None, seed: int,
     backbone_scale: str, refine_mode: str, refine_sample_pixels: int | None, refine_threshold: float,
     refine_kernel_size: str, prevent_oversampling: bool, crop_method: str | None, replace_method: str | None,
     precision: str, opset: int | None, exporter: str | None, simplify: bool, outputs: str | None, batch: int,
@@ -335,10 +349,20 @@ def export_command(
     """Export a model to ONNX or TorchScript (with its config embedded as metadata)."""
     from exporters.config import DEFAULT_EXPORTER, DEFAULT_OPSET, OnnxConfig, TorchScriptConfig
 
-    from .config import ModelConfig, auto_backbone_scale
+    from .config import ModelConfig, auto_backbone_scale, sample_pixels_note
     from .errors import UsageError
     from .export import export as run_export
+    from .paths import check_input_file, check_output_file
 
+    # Every path before any work: nothing read may be overwritten, no result lost at the end.
+    inputs = [("--checkpoint", checkpoint), ("--from-onnx", from_onnx), ("--timing-cache", timing_cache)]
+    if checkpoint is not None:
+        check_input_file(checkpoint, "--checkpoint", "pass the path of a pytorch_<backbone>.pth file")
+    if from_onnx is not None:
+        check_input_file(from_onnx, "--from-onnx")
+    check_output_file(output, "-o/--output", inputs=inputs, overwrite=overwrite)
+    if json_path:
+        check_output_file(json_path, "--json", inputs=[*inputs, ("-o/--output", output)])
     size = _parse_size(resolution, "--resolution")
     if backbone_scale == "auto":
         scale, auto_pixels = auto_backbone_scale(*(size or (1920, 1080)))
@@ -346,7 +370,7 @@ def export_command(
         try:
             scale, auto_pixels = float(backbone_scale), 80_000
         except ValueError:
-            raise UsageError(f"--backbone-scale={backbone_scale!r} is not valid; use auto or a float in (0, 0.5]") from None
+            raise UsageError(f"--backbone-scale {backbone_scale!r} is not valid; use auto or a float in [0.01, 0.5]") from None
     names = tuple(name.strip() for name in outputs.split(",") if name.strip()) if outputs else None
     onnx_format = fmt in ("onnx", "tensorrt")  # an engine is built from a TensorRT-safe ONNX export
     model_config = ModelConfig(
@@ -369,6 +393,10 @@ def export_command(
         target=target,
     ) if onnx_format else None
     script_config = TorchScriptConfig(precision=precision, outputs=names) if not onnx_format else None
+    if onnx_config is not None and model_config.model_type == "refine" and model_config.refine_mode == "sampling":
+        note = sample_pixels_note(model_config.refine_sample_pixels, *onnx_config.trace_resolution)
+        if note:
+            click.echo(f"warning: {note} (at the trace size --resolution)", err=True)
     if checkpoint is None:
         click.echo(f"WARNING: no --checkpoint: exporting SYNTHETIC weights (seed {seed}); mattes will be meaningless. "
                    "Pass --checkpoint pytorch_<backbone>.pth for a real model.", err=True)
@@ -386,7 +414,8 @@ def export_command(
     if from_onnx is not None:
         raise UsageError("--from-onnx only applies with --format tensorrt")
     report = run_export(model_config, output, fmt, onnx=onnx_config, torchscript=script_config,
-                        checkpoint=checkpoint, progress=lambda message: state.echo(message, err=True))
+                        checkpoint=checkpoint, progress=lambda message: state.echo(message, err=True),
+                        overwrite=overwrite)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     if json_path:
@@ -449,11 +478,15 @@ def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict
         return None, {}
     try:
         if "=" not in value:
-            return float(value), {}
-        pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
-        return None, {name.strip(): float(number) for name, number in pairs}
+            default, per_output = float(value), {}
+        else:
+            pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
+            default, per_output = None, {name.strip(): float(number) for name, number in pairs}
     except ValueError:
-        raise UsageError(f"{option}={value!r} is not valid; use a number (1e-4) or name=number pairs (pha=1e-4,fgr=2e-4)") from None
+        raise UsageError(f"{option} {value!r} is not valid; use a number (1e-4) or name=number pairs (pha=1e-4,fgr=2e-4)") from None
+    if any(not number >= 0 for number in [*per_output.values(), *([default] if default is not None else [])]):
+        raise UsageError(f"{option} {value!r} is not valid; tolerances must be >= 0")
+    return default, per_output
 
 
 @cli.command("verify")
@@ -473,7 +506,7 @@ def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict
 @click.option("--inputs", default="random,pairs", show_default=True, help="Input kinds: random and/or pairs.")
 @click.option("--atol", default=None, help="Max abs tolerance: 1e-4, or per output pha=1e-4,fgr=2e-4 [fp32 1e-4, fp16 2e-2].")
 @click.option("--rtol", default=None, help="Relative tolerance, same forms as --atol [0].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--save-diff", type=click.Path(file_okay=False), default=None,
               help="Write |Δpha| / |Δfgr| PNG heatmaps of failing cases here.")
@@ -485,8 +518,11 @@ def verify_command(
     json_path: str | None, save_diff: str | None,
 ) -> None:
     """Check an exported model against its PyTorch reference (exit 0 pass, 1 parity failure, 2 usage)."""
+    from .paths import check_output_file
     from .verify import DEFAULT_RESOLUTIONS, VerifyConfig, format_table, verify, write_json
 
+    if json_path:  # before the run: a result that cannot be written is lost
+        check_output_file(json_path, "--json", inputs=[("MODEL", model), ("--checkpoint", checkpoint)])
     sizes = tuple(_parse_size(text, "--resolution") for item in resolutions for text in item.split(",") if text)
     default_atol, atol_map = _parse_tolerance(atol, "--atol")
     default_rtol, rtol_map = _parse_tolerance(rtol, "--rtol")
@@ -505,7 +541,24 @@ def verify_command(
 
 
 def main() -> None:
-    cli(prog_name="bgm-deploy")
+    """Console entry point: Ctrl-C anywhere (imports, model load, a command) is one line, exit 130."""
+    try:
+        code = cli.main(prog_name="bgm-deploy", standalone_mode=False)
+    except KeyboardInterrupt:
+        code = _interrupted()
+    except click.Abort as exc:  # click turns a Ctrl-C outside a command into Abort
+        code = _interrupted() if isinstance(exc.__context__, KeyboardInterrupt) else 1
+        if code == 1:
+            click.echo("Aborted!", err=True)
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> int:
+    click.echo("Interrupted.", err=True)
+    return 130
 
 
 if __name__ == "__main__":

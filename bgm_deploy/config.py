@@ -18,6 +18,43 @@ CONFIG_SCHEMA_VERSION = 1
 HD_PRESET = (0.25, 80_000)
 UHD_PRESET = (0.125, 320_000)
 HD_PIXELS = 1920 * 1080
+# Largest image side any command accepts: 8192x8192 float32 inputs are already ~1.6 GB per
+# batch item through the network; a typo (20000x20000) must fail at once, not allocate.
+MAX_SIDE = 8192
+# Smallest backbone scale: below 1% the base network sees a handful of pixels (and below
+# 2 px on the smaller side the model cannot run at all; see check_backbone_scale_for).
+MIN_BACKBONE_SCALE = 0.01
+MAX_BACKBONE_SCALE = 0.5
+
+
+def check_resolution(width: int, height: int, label: str = "--resolution", multiple: int = 4) -> tuple[int, int]:
+    """``(width, height)`` must be positive, at most :data:`MAX_SIDE` and divisible by ``multiple``."""
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE) or width % multiple or height % multiple:
+        raise UsageError(
+            f"{label} {width}x{height} is not valid; width and height must be in 1..{MAX_SIDE}"
+            + (f" and divisible by {multiple}" if multiple > 1 else "")
+        )
+    return width, height
+
+
+def check_backbone_scale_for(scale: float, width: int, height: int, label: str = "--backbone-scale") -> None:
+    """The base network's input, ``floor(side * scale)``, must be at least 2 px on each side."""
+    if int(min(width, height) * scale) < 2:
+        raise UsageError(
+            f"{label} {scale} is too small for {width}x{height}: the base network would see "
+            f"{int(width * scale)}x{int(height * scale)} px; use at least {2 / min(width, height):.4g}"
+        )
+
+
+def sample_pixels_note(sample_pixels: int, width: int, height: int) -> str | None:
+    """A warning when ``sample_pixels`` is at least the image's pixel count, else None."""
+    pixels = width * height
+    if sample_pixels < pixels:
+        return None
+    return (
+        f"--refine-sample-pixels {sample_pixels} > {width}x{height} = {pixels} px: every 4x4 patch of the "
+        "image is refined (the same as --refine-mode full, and as slow); use a smaller value for a real sampling run"
+    )
 
 
 def auto_backbone_scale(width: int, height: int) -> tuple[float, int]:
@@ -65,12 +102,15 @@ class ModelConfig:
         _check_choice("refine_kernel_size", self.refine_kernel_size, KERNEL_SIZES)
         _check_choice("refine_patch_crop_method", self.refine_patch_crop_method, CROP_METHODS)
         _check_choice("refine_patch_replace_method", self.refine_patch_replace_method, REPLACE_METHODS)
-        if not 0 < self.backbone_scale <= 0.5:
-            raise UsageError(f"backbone_scale={self.backbone_scale!r} is not valid; it must be in (0, 0.5]")
-        if self.refine_sample_pixels < 16:
-            raise UsageError(f"refine_sample_pixels={self.refine_sample_pixels!r} is not valid; it must be >= 16")
+        # Messages use the CLI option names (the field names with dashes), so they read the same there.
+        if not MIN_BACKBONE_SCALE <= self.backbone_scale <= MAX_BACKBONE_SCALE:
+            raise UsageError(f"--backbone-scale {self.backbone_scale!r} is not valid; it must be in "
+                             f"[{MIN_BACKBONE_SCALE}, {MAX_BACKBONE_SCALE}]")
+        if not 16 <= self.refine_sample_pixels <= MAX_SIDE * MAX_SIDE:
+            raise UsageError(f"--refine-sample-pixels {self.refine_sample_pixels!r} is not valid; it must be in "
+                             f"16..{MAX_SIDE * MAX_SIDE}")
         if not 0 <= self.refine_threshold <= 1:
-            raise UsageError(f"refine_threshold={self.refine_threshold!r} is not valid; it must be in [0, 1]")
+            raise UsageError(f"--refine-threshold {self.refine_threshold!r} is not valid; it must be in [0, 1]")
         if self.seed is None and self.checkpoint_sha256 is None:
             raise UsageError("a model needs either a checkpoint or a synthetic-weights seed; got neither")
 

@@ -14,8 +14,9 @@ import torch
 from exporters.config import OnnxConfig, TorchScriptConfig
 
 from .checkpoint import build_model, config_for_checkpoint
-from .config import ModelConfig
+from .config import ModelConfig, check_backbone_scale_for
 from .errors import ExportError, UsageError
+from .paths import check_output_file
 
 FORMATS = ("onnx", "torchscript")
 REPORT_SCHEMA_VERSION = 1
@@ -82,6 +83,7 @@ def export(
     torchscript: TorchScriptConfig | None = None,
     checkpoint: str | Path | None = None,
     progress: Progress | None = None,
+    overwrite: bool = False,
 ) -> ExportReport:
     """Builds the model, exports it to ``output`` and re-checks the file.
 
@@ -94,6 +96,7 @@ def export(
         checkpoint: official/compatible checkpoint; None uses synthetic weights from
             ``model_config.seed``.
         progress: called with one line per stage.
+        overwrite: replace an existing ``output`` (default: refuse, nothing is lost).
 
     Returns:
         :class:`ExportReport`.
@@ -108,6 +111,8 @@ def export(
     if format not in FORMATS:
         raise UsageError(f"format={format!r} is not valid; valid: {', '.join(FORMATS)}")
     output = Path(output)
+    # Paths first: the output may never be the checkpoint, nor an existing file unasked.
+    check_output_file(output, "output", inputs=[("--checkpoint", checkpoint)], overwrite=overwrite)
     if checkpoint is not None:
         model_config = config_for_checkpoint(model_config, checkpoint)
     # Check the export settings before the (slow) model build.
@@ -115,6 +120,7 @@ def export(
     script_config = torchscript or TorchScriptConfig()
     if format == "onnx":
         onnx_config.check_for(model_config.model_type, model_config.refine_patch_crop_method)
+        check_backbone_scale_for(model_config.backbone_scale, *onnx_config.trace_resolution)
     else:
         script_config.output_names(model_config.model_type)
 
@@ -193,7 +199,7 @@ def export_engine(
     onnx_config = dataclasses.replace(onnx or OnnxConfig(), target="tensorrt", precision="fp32")
     with tempfile.TemporaryDirectory(prefix="bgm-engine-") as folder:
         source = Path(folder) / "model.onnx"
-        export(model_config, source, "onnx", onnx=onnx_config, checkpoint=checkpoint, progress=progress)
+        export(model_config, source, "onnx", onnx=onnx_config, checkpoint=checkpoint, progress=progress, overwrite=True)
         return engine_from_onnx(source, engine, output, progress)
 
 

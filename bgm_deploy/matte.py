@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -26,6 +27,7 @@ import numpy as np
 from .config import ModelConfig
 from .errors import BgmDeployError, ImageError, UsageError
 from .images import IMAGE_SUFFIXES, atomic_write_text, load_image, resize_rgb, save_image, to_uint8
+from .paths import check_output_dir, check_output_file, looks_like_checkpoint
 from .predictor import OUTPUT_CHOICES, Prediction, Predictor
 
 log = logging.getLogger(__name__)
@@ -237,6 +239,7 @@ def matte(
     progress: ProgressCallback | None = None,
     report_path: str | Path | None = None,
     predictor: Predictor | None = None,
+    status: Callable[[str], None] | None = None,
 ) -> MatteReport:
     """Mattes every (source, background) pair and writes the outputs under ``output``.
 
@@ -252,6 +255,7 @@ def matte(
         progress: called after each source with ``(result, done, total)``.
         report_path: also write the report as JSON there.
         predictor: an already loaded predictor (then model/checkpoint/provider are ignored).
+        status: called with a line before and after slow phases (loading the model).
 
     Returns:
         The report; ``report.ok`` is False if any source failed or had no background.
@@ -263,6 +267,10 @@ def matte(
     options = options or MatteOptions()
     output = Path(output)
     started = time.perf_counter()
+    if predictor is None and model is None and checkpoint is None and model_config is None:
+        raise UsageError("no model to matte with: pass --model FILE (an exported .onnx/.pt/.engine) or "
+                         "--checkpoint FILE (PyTorch weights)")
+    check_matte_paths(src, bgr, output, model=model if predictor is None else None, report_path=report_path)
     plan = find_pairs(src, bgr)
     if options.align:
         from .align import import_cv2
@@ -271,10 +279,14 @@ def matte(
     todo, results = _plan_results(plan, output, options)
     owned = predictor is None and bool(todo)
     if predictor is None and todo:  # a fully resumed run needs no model
+        say = status or (lambda _message: None)
+        say(f"loading {model or checkpoint or 'the model'} ({provider}) ...")
+        loading = time.perf_counter()
         predictor = Predictor.load(
             model, checkpoint=checkpoint, model_config=model_config, provider=provider,
             allow_fallback=allow_fallback, padding=options.padding,
         )
+        say(f"model loaded in {time.perf_counter() - loading:.1f} s; matting {len(todo)} pair(s)")
     total = len(results) + len(todo)
     report = MatteReport(
         str(output),
@@ -297,6 +309,40 @@ def matte(
         if report_path is not None:
             atomic_write_text(report_path, report.to_json())
     return report
+
+
+def check_matte_paths(
+    src: str | Path,
+    bgr: str | Path,
+    output: str | Path,
+    model: str | Path | None = None,
+    report_path: str | Path | None = None,
+) -> None:
+    """Refuses, before any work, paths that would lose or corrupt something.
+
+    The output folder may not lie inside ``src`` or ``bgr`` (a rerun would matte its own
+    outputs), ``src`` and ``bgr`` may not be the same (every image against itself), the
+    report may not replace an input, and ``model`` may not be a PyTorch checkpoint.
+
+    Raises:
+        UsageError: naming the option and the fix.
+    """
+    src, bgr = Path(src), Path(bgr)
+    if src.exists() and bgr.exists() and os.path.samefile(src, bgr):
+        raise UsageError(f"--src and --bgr are the same ({src}): every image would be matted against itself; "
+                         "pass the background plate(s) (the scene without the subject) with --bgr")
+    trees = [("--src", src), ("--bgr", bgr)]
+    check_output_dir(output, "-o/--output", input_trees=trees)
+    if report_path is not None:
+        report = Path(report_path)
+        for label, tree in trees:
+            if tree.is_dir() and tree.resolve() in report.resolve().parents:
+                raise UsageError(f"--report {report} is inside {label} {tree}; write it elsewhere (outputs never go "
+                                 "into an input tree)")
+        check_output_file(report, "--report", inputs=[*trees, ("--model", model)])
+    if model is not None and looks_like_checkpoint(model):
+        raise UsageError(f"--model {model} is a PyTorch checkpoint (weights), not an exported model; pass it with "
+                         f"--checkpoint {model}, or export it first: bgm-deploy export --checkpoint {model} ...")
 
 
 def _plan_results(plan: PairPlan, output: Path, options: MatteOptions) -> tuple[list[Pair], list[PairResult]]:
@@ -455,6 +501,12 @@ class ProgressPrinter:
         self.started = time.perf_counter()
         self.processed = 0
         self._bar_visible = False
+
+    def status(self, message: str) -> None:
+        """One line about a slow phase (e.g. loading the model), silenced by quiet."""
+        if not self.quiet:
+            self._clear()
+            self.echo(message, err=True)
 
     def __call__(self, result: PairResult, done: int, total: int) -> None:
         if result.status == "ok":

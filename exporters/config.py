@@ -114,9 +114,11 @@ class OnnxConfig:
         if self.trace_batch < 1:
             raise UsageError(f"trace_batch={self.trace_batch} is not valid; it must be >= 1")
         width, height = self.trace_resolution
-        if width < 64 or height < 64 or width % 4 or height % 4:
+        # 8192: bgm_deploy.config.MAX_SIDE. Named as the CLI option, which sets it.
+        if not (64 <= width <= 8192 and 64 <= height <= 8192) or width % 4 or height % 4:
             raise UsageError(
-                f"trace_resolution={width}x{height} is not valid; width and height must be >= 64 and divisible by 4"
+                f"--resolution (trace size) {width}x{height} is not valid; width and height must be in 64..8192 "
+                "and divisible by 4"
             )
         _check_outputs(self.outputs)
 

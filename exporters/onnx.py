@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -226,14 +225,14 @@ def _check(path: Path) -> None:
 
 
 def temp_path_for(output: Path, suffix: str) -> Path:
-    """A fresh temp file next to ``output`` (same filesystem, so the final rename is atomic)."""
-    handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
-    os.close(handle)
-    # mkstemp creates 0600; the renamed model should get the usual permissions (0666 - umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    return Path(name)
+    """A fresh temp file next to ``output`` (same filesystem, so the final rename is atomic).
+
+    Named ``.<output name>.bgm-deploy-tmp-<pid><suffix>`` so a leftover of a killed export
+    can be found; stale ones of the same output are removed here (see bgm_deploy.atomic).
+    """
+    from bgm_deploy.atomic import new_temp_file
+
+    return new_temp_file(output, suffix)
 
 
 def check_writable(output: Path) -> None:
