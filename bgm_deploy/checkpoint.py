@@ -182,14 +182,11 @@ def build_model(config: ModelConfig, checkpoint: str | Path | None = None, stric
     expected = f"{config.backbone} Matting{'Refine' if config.model_type == 'refine' else 'Base'}"
     found = f"{info.backbone} Matting{'Refine' if info.model_type == 'refine' else 'Base'}"
     if info.backbone != config.backbone:  # a refine checkpoint holds every base key: fine for "base"
-        raise CheckpointError(
-            f"{checkpoint}: expected a {expected} checkpoint, found {found} "
-            f"(a {info.backbone} model needs backbone {info.backbone}, e.g. export --backbone {info.backbone})"
-        )
+        raise CheckpointError(f"{checkpoint}: expected a {expected} checkpoint, found {found} (use --backbone {info.backbone})")
     if info.refine_kernel_size is not None and config.model_type == "refine" and info.refine_kernel_size != config.refine_kernel_size:
         raise CheckpointError(
             f"{checkpoint}: refiner kernel size is {info.refine_kernel_size}, config asks for "
-            f"{config.refine_kernel_size} (e.g. export --refine-kernel-size {info.refine_kernel_size})"
+            f"{config.refine_kernel_size} (use --refine-kernel-size {info.refine_kernel_size})"
         )
     if config.model_type == "base":
         state = {k: v for k, v in state.items() if not k.startswith("refiner.")}
