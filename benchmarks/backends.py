@@ -139,7 +139,7 @@ class ArtifactCache:
                 extra["onnx"] = OnnxConfig(**options)
             exported = config.replace(**ONNX_PATCH_METHODS) if fmt == "onnx" and config.model_type == "refine" else config
             start = time.perf_counter()
-            api.export(exported, path, format=fmt, **extra)
+            api.export(exported, path, format=fmt, overwrite=True, **extra)  # bench's own scratch files
             self.export_seconds[path.name] = time.perf_counter() - start
             self._paths[key] = path
         return self._paths[key]

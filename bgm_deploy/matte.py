@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from .config import ModelConfig
+from .config import ModelConfig, sample_pixels_note
 from .errors import BgmDeployError, ImageError, UsageError
 from .images import IMAGE_SUFFIXES, atomic_write_text, load_image, resize_rgb, save_image, to_uint8
 from .paths import check_output_dir, check_output_file, looks_like_checkpoint
@@ -287,6 +287,7 @@ def matte(
             allow_fallback=allow_fallback, padding=options.padding,
         )
         say(f"model loaded in {time.perf_counter() - loading:.1f} s; matting {len(todo)} pair(s)")
+        _warn_sample_pixels(predictor, todo[0], options, say)
     total = len(results) + len(todo)
     report = MatteReport(
         str(output),
@@ -309,6 +310,26 @@ def matte(
         if report_path is not None:
             atomic_write_text(report_path, report.to_json())
     return report
+
+
+def _warn_sample_pixels(predictor: Predictor, first: Pair, options: MatteOptions, say: Callable[[str], None]) -> None:
+    """Sampling mode with more sample pixels than an image has refines everything: say so once."""
+    config = predictor.model_config
+    if config is None or config.model_type != "refine" or config.refine_mode != "sampling":
+        return
+    if options.resize is not None:
+        width, height = options.resize
+    else:
+        from PIL import Image  # reads the header only
+
+        try:
+            with Image.open(first.src) as image:
+                width, height = image.size
+        except OSError:
+            return  # the pipeline reports unreadable images per pair
+    note = sample_pixels_note(config.refine_sample_pixels, width, height)
+    if note:
+        say(f"warning: {note} (first image {first.src})")
 
 
 def check_matte_paths(
