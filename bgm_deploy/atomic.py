@@ -39,23 +39,49 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_temp_files(target: str | Path) -> list[Path]:
-    """Temp files of ``target`` left by processes that no longer run (oldest name first)."""
+# Directories already scanned by this process: {directory: temp-file names seen then}. One
+# listing per directory and process keeps writing many images into one folder linear; files
+# left by processes that die later are found by the next process.
+_SCANNED: dict[str, list[str]] = {}
+
+
+def _temp_names(directory: Path) -> list[str]:
+    key = str(directory.absolute())
+    if key not in _SCANNED:
+        try:
+            _SCANNED[key] = [name for name in os.listdir(directory) if TEMP_MARKER in name]
+        except OSError:
+            _SCANNED[key] = []
+    return _SCANNED[key]
+
+
+def stale_temp_files(target: str | Path, names: list[str] | None = None) -> list[Path]:
+    """Temp files of ``target`` left by processes that no longer run (sorted by name).
+
+    Args:
+        names: file names to consider (default: a fresh listing of the target's directory).
+    """
     target = Path(target)
     pattern = re.compile(re.escape(f".{target.name}{TEMP_MARKER}") + r"(\d+)(?:-\d+)?(\.[A-Za-z0-9]+)$")
+    if names is None:
+        try:
+            names = os.listdir(target.parent)
+        except OSError:
+            return []
     found = []
-    with contextlib.suppress(OSError):
-        for path in target.parent.iterdir():
-            match = pattern.fullmatch(path.name)
-            if match and path.is_file() and not _pid_alive(int(match.group(1))):
-                found.append(path)
+    for name in names:
+        match = pattern.fullmatch(name)
+        path = target.parent / name
+        if match and not _pid_alive(int(match.group(1))) and path.is_file():
+            found.append(path)
     return sorted(found)
 
 
 def remove_stale_temp_files(target: str | Path) -> list[Path]:
-    """Deletes :func:`stale_temp_files` of ``target``; returns what was removed."""
+    """Deletes the stale temp files of ``target`` (see :func:`stale_temp_files`); returns them."""
+    target = Path(target)
     removed = []
-    for path in stale_temp_files(target):
+    for path in stale_temp_files(target, _temp_names(target.parent)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
             removed.append(path)
