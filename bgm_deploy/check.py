@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from exporters.paths import check_output_file
 from exporters.preflight import DEFAULT_MIN_TENSORRT, PreflightReport, preflight_onnx
 
 
@@ -29,6 +30,8 @@ def check(
         UsageError: unknown target/version, or not an ONNX file.
         ModelFileError: missing or unreadable file.
     """
+    if json_path is not None:  # before the work: never replace the model, never lose the report
+        check_output_file(json_path, "--json", inputs=[("MODEL", model)])
     report = preflight_onnx(model, target=target, min_tensorrt=min_tensorrt)
     if json_path is not None:
         report.write_json(json_path)

@@ -2,6 +2,11 @@
 
 Each command parses options, builds a config, calls one API function, and turns
 :class:`BgmDeployError` into one line on stderr and its exit code (2 usage, 1 failure).
+Every default and rule lives in the API; this module only translates.
+
+Commands import the API inside their bodies (each such import is marked "deferred"): the
+API loads torch, which takes seconds that ``--help`` and ``--version`` must not pay. The
+configs built here (model.config, exporters.config) are torch-free and imported at the top.
 """
 
 from __future__ import annotations
@@ -10,11 +15,14 @@ import functools
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import Any, Callable
 
 import click
 
-from model.errors import BgmDeployError
+from exporters.config import DEFAULT_EXPORTER, OnnxConfig, TorchScriptConfig
+from model.config import ModelConfig, check_resolution
+from model.errors import BgmDeployError, UsageError
 
 from . import __version__
 
@@ -78,6 +86,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 @handle_errors
 def info(as_json: bool) -> None:
     """Print versions of torch / onnx / onnxruntime / TensorRT, providers and the device."""
+    # deferred: the API loads torch (see the module docstring)
     from .environment import environment_info
 
     data = environment_info()
@@ -97,18 +106,19 @@ def info(as_json: bool) -> None:
               "onnx-tensorrt, tensorrt. Default: every backend usable here (others reported as skipped).")
 @click.option("--backbone", "backbones", multiple=True, help="Comma-separated backbones of the default model [mobilenetv2].")
 @click.option("--resolution", "resolutions", multiple=True, help="hd, 4k or WxH; repeatable or comma-separated [hd].")
-@click.option("--batch", default=1, show_default=True, type=int, help="Frames per call.")
+@click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Frames per call.")
 @click.option("--precision", "precisions", multiple=True, help="fp32 and/or fp16 (fp16 needs a GPU) [fp32].")
 @click.option("--warmup", default="3", show_default=True, help="Untimed calls (N) or seconds (e.g. 2.5s).")
-@click.option("--iterations", default=10, show_default=True, type=int, help="Timed calls.")
-@click.option("--duration", type=float, default=None, help="Time calls for this many seconds instead of --iterations.")
+@click.option("--iterations", default=10, show_default=True, type=click.IntRange(min=1), help="Timed calls.")
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), default=None, help="Time calls for this many seconds instead of --iterations.")
 @click.option("--mode", type=click.Choice(["fixed", "adaptive"]), default="fixed", show_default=True,
               help="fixed: exactly sample_pixels refined per frame; adaptive: real pairs, refined fraction reported.")
 @click.option("--end-to-end/--no-end-to-end", default=False, show_default=True,
               help="Also time decode → preprocess → infer → postprocess → encode on image files.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads for torch and onnxruntime [torch's setting].")
-@click.option("--backbone-scale", type=float, default=None, help="Override the per-resolution preset (0.25 HD, 0.125 4K).")
-@click.option("--sample-pixels", type=int, default=None, help="Override the preset (80000 HD, 320000 4K).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads for torch and onnxruntime [torch's setting].")
+@click.option("--backbone-scale", type=click.FloatRange(0.01, 0.5), default=None,
+              help="Override the per-resolution preset (0.25 HD, 0.125 4K).")
+@click.option("--sample-pixels", type=click.IntRange(min=16), default=None, help="Override the preset (80000 HD, 320000 4K).")
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Weights (default: synthetic).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Synthetic-weights seed.")
 @click.option("--onnx-exporter", type=click.Choice(["legacy", "dynamo"]), default=None,
@@ -127,8 +137,8 @@ def bench(ctx: click.Context, models: tuple[str, ...], backends: tuple[str, ...]
           workdir: str | None,
           json_path: str | None, markdown_path: str | None, plot_path: str | None) -> None:
     """Benchmark backends (latency table; without MODEL: the default model, exported on the fly)."""
-    from pathlib import Path
 
+    # deferred: the API loads torch (see the module docstring)
     from bgm_deploy.bench.harness import TimingConfig
     from bgm_deploy.bench.report import render_table
 
@@ -163,13 +173,13 @@ def bench(ctx: click.Context, models: tuple[str, ...], backends: tuple[str, ...]
 
 
 
-def _parse_size(value: str | None, option: str) -> tuple[int, int] | None:
+def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int, int] | None:
     if value is None:
         return None
     width, sep, height = value.lower().partition("x")
     if not sep or not width.isdigit() or not height.isdigit():
         raise click.BadParameter(f"{value!r} is not WxH (e.g. 1920x1080)", param_hint=option)
-    return int(width), int(height)
+    return check_resolution(int(width), int(height), option, multiple)
 
 
 @cli.command()
@@ -181,10 +191,11 @@ def _parse_size(value: str | None, option: str) -> tuple[int, int] | None:
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="PyTorch checkpoint instead of --model.")
 @click.option("--backbone", type=click.Choice(["mobilenetv2", "resnet50", "resnet101"]),
               help="With --checkpoint: expected backbone [read from the checkpoint].")
-@click.option("--backbone-scale", type=float, help="With --checkpoint: base network scale [0.25].")
+@click.option("--backbone-scale", type=float, help="With --checkpoint: base network scale, 0.01..0.5 [0.25].")
 @click.option("--refine-mode", type=click.Choice(["sampling", "thresholding", "full"]), help="With --checkpoint [sampling].")
-@click.option("--refine-sample-pixels", type=int, help="With --checkpoint: pixels refined in sampling mode [80000].")
-@click.option("--refine-threshold", type=float, help="With --checkpoint: error threshold in thresholding mode [0.1].")
+@click.option("--refine-sample-pixels", type=int,
+              help="With --checkpoint: pixels refined in sampling mode, 16 or more [80000].")
+@click.option("--refine-threshold", type=float, help="With --checkpoint: error threshold in thresholding mode, 0..1 [0.1].")
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--allow-fallback/--no-allow-fallback", default=False, show_default=True,
               help="Run on CPU (loud warning) when the provider is not usable, instead of failing.")
@@ -227,17 +238,15 @@ def matte(
     report_path: str | None,
 ) -> None:
     """Matte photos: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
-    from model.errors import UsageError
-
+    # deferred: the API loads torch (see the module docstring)
     from .matte import MatteOptions, ProgressPrinter
     from .matte import matte as run_matte
-    from .predictor import config_from_checkpoint
 
     options = MatteOptions(
         outputs=tuple(name.strip() for name in outputs.split(",") if name.strip()),
         fgr_format=fgr_format,
         align=align,
-        resize=_parse_size(resize, "--resize"),
+        resize=_parse_size(resize, "--resize", multiple=1),
         workers=workers,
         overwrite=overwrite,
         skip_existing=skip_existing,
@@ -245,13 +254,10 @@ def matte(
     )
     settings = {"backbone": backbone, "backbone_scale": backbone_scale, "refine_mode": refine_mode,
                 "refine_sample_pixels": refine_sample_pixels, "refine_threshold": refine_threshold}
-    if model is not None and (checkpoint is not None or any(v is not None for v in settings.values())):
-        raise UsageError("--model carries its own settings; --checkpoint/--backbone/--refine-* apply only without it")
-    model_config = config_from_checkpoint(checkpoint, **settings) if checkpoint is not None else None
+    printer = ProgressPrinter(click.echo, quiet=state.quiet)
     report = run_matte(
-        src, bgr, output, model=model, checkpoint=checkpoint, model_config=model_config, provider=provider,
-        allow_fallback=allow_fallback, options=options, progress=ProgressPrinter(click.echo, quiet=state.quiet),
-        report_path=report_path,
+        src, bgr, output, model=model, checkpoint=checkpoint, provider=provider, allow_fallback=allow_fallback,
+        options=options, progress=printer, report_path=report_path, status=printer.status, model_settings=settings,
     )
     for path in report.unmatched_backgrounds:
         state.echo(f"unused background: {path}", err=True)
@@ -270,6 +276,7 @@ def matte(
 @handle_errors
 def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_path: str | None) -> None:
     """Preflight an ONNX MODEL for a target without its hardware (exit 1 if something blocks it)."""
+    # deferred: the API loads torch (see the module docstring)
     from .check import check as run_check
 
     state: Context = ctx.obj
@@ -286,6 +293,8 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 @click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript", "tensorrt"]),
               help="Output format (tensorrt: an engine; needs TensorRT and a GPU).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file (written atomically).")
+@click.option("--overwrite/--no-overwrite", default=False, show_default=True,
+              help="Replace an existing output file (by default an existing file is never replaced).")
 @click.option("--model-type", type=click.Choice(["refine", "base"]), default="refine", show_default=True)
 @click.option("--backbone", type=click.Choice(["mobilenetv2", "resnet50", "resnet101"]), default="mobilenetv2",
               show_default=True)
@@ -295,8 +304,9 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
               help="auto (from --resolution: 0.25 up to HD, 0.125 above) or a float in (0, 0.5].")
 @click.option("--refine-mode", type=click.Choice(["sampling", "thresholding", "full"]), default="sampling",
               show_default=True)
-@click.option("--refine-sample-pixels", type=int, default=None, help="Pixels refined per image [auto: 80000 HD, 320000 4K].")
-@click.option("--refine-threshold", type=float, default=0.1, show_default=True)
+@click.option("--refine-sample-pixels", type=click.IntRange(min=16), default=None,
+              help="Pixels refined per image [auto: 80000 HD, 320000 4K].")
+@click.option("--refine-threshold", type=click.FloatRange(0, 1), default=0.1, show_default=True)
 @click.option("--refine-kernel-size", type=click.Choice(["1", "3"]), default="3", show_default=True)
 @click.option("--prevent-oversampling/--no-prevent-oversampling", default=True, show_default=True,
               help="Sampling mode: skip cells with zero error.")
@@ -305,7 +315,7 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 @click.option("--replace-method", type=click.Choice(["scatter_element", "scatter_nd"]), default=None,
               help="Patch replace [onnx: scatter_element, torchscript: scatter_nd].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--opset", type=int, default=None, help="ONNX opset [legacy 17, dynamo 18].")
+@click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset [legacy 17, dynamo 18].")
 @click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default=None,
               help="ONNX exporter: dynamo (torch.export-based) or legacy (TorchScript-based) [see docs/export.md].")
 @click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxsim (ONNX).")
@@ -329,7 +339,7 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 @click.pass_obj
 @handle_errors
 def export_command(
-    state: Context, fmt: str, output: str, model_type: str, backbone: str, checkpoint: str | None, seed: int,
+    state: Context, fmt: str, output: str, overwrite: bool, model_type: str, backbone: str, checkpoint: str | None, seed: int,
     backbone_scale: str, refine_mode: str, refine_sample_pixels: int | None, refine_threshold: float,
     refine_kernel_size: str, prevent_oversampling: bool, crop_method: str | None, replace_method: str | None,
     precision: str, opset: int | None, exporter: str | None, simplify: bool, outputs: str | None, batch: int,
@@ -337,20 +347,20 @@ def export_command(
     workspace_mib: int, timing_cache: str | None, run_verify: bool,
 ) -> None:
     """Export a model to ONNX or TorchScript (with its config embedded as metadata)."""
-    from exporters.config import DEFAULT_EXPORTER, DEFAULT_OPSET, OnnxConfig, TorchScriptConfig
-    from model.config import ModelConfig, auto_backbone_scale
-    from model.errors import UsageError
+    # deferred: the API loads torch
+    from exporters.tensorrt import EngineConfig
 
     from .export import export as run_export
+    from .export import export_engine
+    from .verify import format_table
 
     size = _parse_size(resolution, "--resolution")
-    if backbone_scale == "auto":
-        scale, auto_pixels = auto_backbone_scale(*(size or (1920, 1080)))
-    else:
+    scale: float | None = None  # auto: bgm_deploy.export resolves it from --resolution
+    if backbone_scale != "auto":
         try:
-            scale, auto_pixels = float(backbone_scale), 80_000
+            scale = float(backbone_scale)
         except ValueError:
-            raise UsageError(f"--backbone-scale={backbone_scale!r} is not valid; use auto or a float in (0, 0.5]") from None
+            raise UsageError(f"--backbone-scale {backbone_scale!r} is not valid; use auto or a float in [0.01, 0.5]") from None
     names = tuple(name.strip() for name in outputs.split(",") if name.strip()) if outputs else None
     onnx_format = fmt in ("onnx", "tensorrt")  # an engine is built from a TensorRT-safe ONNX export
     model_config = ModelConfig(
@@ -358,61 +368,41 @@ def export_command(
         backbone=backbone,
         backbone_scale=scale,
         refine_mode=refine_mode,
-        refine_sample_pixels=refine_sample_pixels if refine_sample_pixels is not None else auto_pixels,
+        refine_sample_pixels=refine_sample_pixels,
         refine_threshold=refine_threshold,
         refine_kernel_size=int(refine_kernel_size),
         refine_prevent_oversampling=prevent_oversampling,
-        refine_patch_crop_method=crop_method or ("roi_align" if onnx_format else "unfold"),
-        refine_patch_replace_method=replace_method or ("scatter_element" if onnx_format else "scatter_nd"),
+        refine_patch_crop_method=crop_method,
+        refine_patch_replace_method=replace_method,
         seed=seed,
     )
     onnx_config = OnnxConfig(
-        opset=opset or DEFAULT_OPSET[exporter or DEFAULT_EXPORTER], exporter=exporter or DEFAULT_EXPORTER,
-        precision=precision, simplify=simplify,
-        outputs=names if onnx_format else None, trace_batch=batch, trace_resolution=size or OnnxConfig.trace_resolution,
-        target=target,
+        opset=opset, exporter=exporter or DEFAULT_EXPORTER, precision=precision, simplify=simplify, outputs=names,
+        trace_batch=batch, target=target,
     ) if onnx_format else None
     script_config = TorchScriptConfig(precision=precision, outputs=names) if not onnx_format else None
-    if checkpoint is None:
-        click.echo(f"WARNING: no --checkpoint: exporting SYNTHETIC weights (seed {seed}); mattes will be meaningless. "
-                   "Pass --checkpoint pytorch_<backbone>.pth for a real model.", err=True)
+    progress = lambda message: state.echo(message, err=True)  # noqa: E731
     if fmt == "tensorrt":
-        from exporters.tensorrt import EngineConfig
-
-        from .export import export_engine
-
         engine = EngineConfig(precision=precision, preset=engine_preset, workspace_mib=workspace_mib,
                               timing_cache=timing_cache)
         info = export_engine(output, engine, model_config, onnx_config, checkpoint=checkpoint, from_onnx=from_onnx,
-                             progress=lambda m: state.echo(m, err=True))
+                             progress=progress, resolution=size, overwrite=overwrite)
         click.echo(f"{info.engine_path} (sidecar {info.sidecar_path})")
         return
     if from_onnx is not None:
         raise UsageError("--from-onnx only applies with --format tensorrt")
-    report = run_export(model_config, output, fmt, onnx=onnx_config, torchscript=script_config,
-                        checkpoint=checkpoint, progress=lambda message: state.echo(message, err=True))
+    report = run_export(model_config, output, fmt, onnx=onnx_config, torchscript=script_config, checkpoint=checkpoint,
+                        progress=progress, resolution=size, verify_after=run_verify, json_path=json_path,
+                        overwrite=overwrite)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
-    if json_path:
-        from exporters.atomic import atomic_write_text
-
-        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2))
     click.echo(f"{report.path} ({report.size_bytes / 1e6:.1f} MB, {sum(report.seconds.values()):.1f} s)")
-    if onnx_format and target == "tensorrt":
-        from .export import tensorrt_preflight
-
-        preflight = tensorrt_preflight(report.path)
-        click.echo(preflight.summary())
-        if not preflight.ok:
-            raise click.exceptions.Exit(1)
-    if run_verify:
-        from .verify import VerifyConfig, format_table, verify
-
-        state.echo("verifying against PyTorch ...", err=True)
-        result = verify(report.path, VerifyConfig(checkpoint=checkpoint), progress=lambda m: state.echo(m, err=True))
-        click.echo(format_table(result))
-        if not result.passed:
-            raise click.exceptions.Exit(1)
+    if report.preflight is not None:
+        click.echo(report.preflight.summary())
+    if report.verification is not None:
+        click.echo(format_table(report.verification))
+    if not report.ok:
+        raise click.exceptions.Exit(1)
 
 
 @cli.command("inspect")
@@ -421,6 +411,7 @@ def export_command(
 @handle_errors
 def inspect_command(model: str, as_json: bool) -> None:
     """Print an exported MODEL's metadata, inputs/outputs, op histogram and size."""
+    # deferred: the API loads torch (see the module docstring)
     from .inspect import inspect_model
 
     info = inspect_model(model)
@@ -447,17 +438,19 @@ def inspect_command(model: str, as_json: bool) -> None:
 
 def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict[str, float]]:
     """``1e-4`` (every output) or ``pha=1e-4,fgr=2e-4`` (per output)."""
-    from model.errors import UsageError
-
     if value is None:
         return None, {}
     try:
         if "=" not in value:
-            return float(value), {}
-        pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
-        return None, {name.strip(): float(number) for name, number in pairs}
+            default, per_output = float(value), {}
+        else:
+            pairs = (item.split("=", 1) for item in value.split(",") if item.strip())
+            default, per_output = None, {name.strip(): float(number) for name, number in pairs}
     except ValueError:
-        raise UsageError(f"{option}={value!r} is not valid; use a number (1e-4) or name=number pairs (pha=1e-4,fgr=2e-4)") from None
+        raise UsageError(f"{option} {value!r} is not valid; use a number (1e-4) or name=number pairs (pha=1e-4,fgr=2e-4)") from None
+    if any(not number >= 0 for number in [*per_output.values(), *([default] if default is not None else [])]):
+        raise UsageError(f"{option} {value!r} is not valid; tolerances must be >= 0")
+    return default, per_output
 
 
 @cli.command("verify")
@@ -477,7 +470,7 @@ def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict
 @click.option("--inputs", default="random,pairs", show_default=True, help="Input kinds: random and/or pairs.")
 @click.option("--atol", default=None, help="Max abs tolerance: 1e-4, or per output pha=1e-4,fgr=2e-4 [fp32 1e-4, fp16 2e-2].")
 @click.option("--rtol", default=None, help="Relative tolerance, same forms as --atol [0].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--save-diff", type=click.Path(file_okay=False), default=None,
               help="Write |Δpha| / |Δfgr| PNG heatmaps of failing cases here.")
@@ -489,7 +482,8 @@ def verify_command(
     json_path: str | None, save_diff: str | None,
 ) -> None:
     """Check an exported model against its PyTorch reference (exit 0 pass, 1 parity failure, 2 usage)."""
-    from .verify import DEFAULT_RESOLUTIONS, VerifyConfig, format_table, verify, write_json
+    # deferred: the API loads torch (see the module docstring)
+    from .verify import DEFAULT_RESOLUTIONS, VerifyConfig, format_table, verify
 
     sizes = tuple(_parse_size(text, "--resolution") for item in resolutions for text in item.split(",") if text)
     default_atol, atol_map = _parse_tolerance(atol, "--atol")
@@ -498,18 +492,33 @@ def verify_command(
         provider=provider, resolutions=sizes or DEFAULT_RESOLUTIONS, batch=batch,  # type: ignore[arg-type]
         inputs=tuple(kind.strip() for kind in inputs.split(",") if kind.strip()), pairs_dir=pairs_dir,
         atol=atol_map, rtol=rtol_map, default_atol=default_atol, default_rtol=default_rtol, checkpoint=checkpoint,
-        save_diff=save_diff, seed=seed, allow_fallback=allow_fallback,
+        save_diff=save_diff, seed=seed, allow_fallback=allow_fallback, json_path=json_path,
     )
     report = verify(model, config, progress=lambda message: state.echo(message, err=True))
-    if json_path:
-        write_json(report, json_path)
     click.echo(format_table(report))
     if not report.passed:
         raise click.exceptions.Exit(1)
 
 
 def main() -> None:
-    cli(prog_name="bgm-deploy")
+    """Console entry point: Ctrl-C anywhere (imports, model load, a command) is one line, exit 130."""
+    try:
+        code = cli.main(prog_name="bgm-deploy", standalone_mode=False)
+    except KeyboardInterrupt:
+        code = _interrupted()
+    except click.Abort as exc:  # click turns a Ctrl-C outside a command into Abort
+        code = _interrupted() if isinstance(exc.__context__, KeyboardInterrupt) else 1
+        if code == 1:
+            click.echo("Aborted!", err=True)
+    except click.ClickException as exc:
+        exc.show()
+        code = exc.exit_code
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _interrupted() -> int:
+    click.echo("Interrupted.", err=True)
+    return 130
 
 
 if __name__ == "__main__":

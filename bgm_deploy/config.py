@@ -2,6 +2,22 @@
 
 from __future__ import annotations
 
-from model.config import HD_PRESET, UHD_PRESET, ModelConfig, auto_backbone_scale
+from model.config import (
+    HD_PRESET,
+    UHD_PRESET,
+    ModelConfig,
+    auto_backbone_scale,
+    check_backbone_scale_for,
+    check_resolution,
+    sample_pixels_note,
+)
 
-__all__ = ["HD_PRESET", "UHD_PRESET", "ModelConfig", "auto_backbone_scale"]
+__all__ = [
+    "HD_PRESET",
+    "UHD_PRESET",
+    "ModelConfig",
+    "auto_backbone_scale",
+    "check_backbone_scale_for",
+    "check_resolution",
+    "sample_pixels_note",
+]

@@ -25,11 +25,12 @@ import torch
 from exporters.atomic import atomic_write_text
 from exporters.config import DEFAULT_TRACE_RESOLUTION, PATCH_METHODS, OnnxConfig, TorchScriptConfig
 from exporters.onnx import SimplifyCheck, example_inputs, onnx_from_torch
+from exporters.paths import check_input_file, check_output_file
 from exporters.preflight import PreflightReport, preflight_onnx
 from exporters.tensorrt import EngineConfig, EngineInfo, engine_from_onnx, import_tensorrt, require_gpu
 from exporters.torchscript import torchscript_from_torch
 from model.checkpoint import build_model, config_for_checkpoint
-from model.config import ModelConfig
+from model.config import ModelConfig, check_backbone_scale_for, sample_pixels_note
 from model.errors import ExportError, UsageError
 from runtimes import create_runner
 
@@ -168,6 +169,7 @@ def export(
     resolution: tuple[int, int] | None = None,
     verify_after: VerifyConfig | bool = False,
     json_path: str | Path | None = None,
+    overwrite: bool = False,
 ) -> ExportReport:
     """Builds the model, exports it to ``output``, re-checks the file and, for a TensorRT
     target, runs the preflight. ``bgm-deploy export`` is this function.
@@ -187,6 +189,7 @@ def export(
             size unless ``onnx.trace_resolution`` is set.
         verify_after: run :func:`bgm_deploy.verify.verify` on the file (True: default cases).
         json_path: also write the report there as JSON (atomically).
+        overwrite: replace an existing ``output`` (default: refuse, nothing is lost).
 
     Returns:
         :class:`ExportReport`; ``report.ok`` is False when the preflight blocks the file or
@@ -198,14 +201,28 @@ def export(
     say = progress or (lambda _message: None)
     model_config, onnx_config = resolve_export(model_config or ModelConfig(), format, onnx, resolution)
     output = Path(output)
+    # Paths first: the output may never be the checkpoint, nor an existing file unasked, and
+    # a report that cannot be written must fail before the work, not after it.
+    inputs = [("--checkpoint", checkpoint)]
+    check_output_file(output, "-o/--output", inputs=inputs, overwrite=overwrite)
+    if json_path is not None:
+        check_output_file(json_path, "--json", inputs=[*inputs, ("-o/--output", output)])
     if checkpoint is not None:
         model_config = config_for_checkpoint(model_config, checkpoint)
     # Check the export settings before the (slow) model build.
     script_config = torchscript or TorchScriptConfig()
     if onnx_config is not None:
         onnx_config.check_for(model_config.model_type, model_config.refine_patch_crop_method)
+        check_backbone_scale_for(model_config.backbone_scale, *onnx_config.trace_resolution)
+        if model_config.model_type == "refine" and model_config.refine_mode == "sampling":
+            note = sample_pixels_note(model_config.refine_sample_pixels, *onnx_config.trace_resolution)
+            if note:
+                say(f"warning: {note} (at the trace size --resolution)")
     else:
         script_config.output_names(model_config.model_type)
+    if checkpoint is None:
+        say(f"WARNING: no checkpoint: exporting SYNTHETIC weights (seed {model_config.seed}); mattes will be "
+            "meaningless. Pass --checkpoint pytorch_<backbone>.pth for a real model.")
 
     start = time.perf_counter()
     say(f"build: {model_config.backbone} {model_config.model_type} from {model_config.weights_label} ...")
@@ -268,6 +285,7 @@ def export_engine(
     progress: Progress | None = None,
     *,
     resolution: tuple[int, int] | None = None,
+    overwrite: bool = False,
 ) -> EngineInfo:
     """Builds a TensorRT engine (UNVERIFIED on hardware: no GPU was available in development).
 
@@ -280,6 +298,10 @@ def export_engine(
         RuntimeUnavailableError: no TensorRT or no GPU here.
     """
     engine = engine or EngineConfig()
+    if from_onnx is not None:
+        check_input_file(from_onnx, "--from-onnx")
+    inputs = [("--checkpoint", checkpoint), ("--from-onnx", from_onnx), ("--timing-cache", engine.timing_cache)]
+    check_output_file(output, "-o/--output", inputs=inputs, overwrite=overwrite)
     import_tensorrt()
     require_gpu(engine.device_id)
     if from_onnx is not None:
@@ -288,5 +310,5 @@ def export_engine(
     with tempfile.TemporaryDirectory(prefix="bgm-engine-") as folder:
         source = Path(folder) / "model.onnx"
         export(model_config, source, "onnx", onnx=onnx_config, checkpoint=checkpoint, progress=progress,
-               resolution=resolution)
+               resolution=resolution, overwrite=True)
         return engine_from_onnx(source, engine, output, progress)

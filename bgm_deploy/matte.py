@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -23,12 +24,13 @@ from typing import Any
 
 import numpy as np
 
-from model.config import ModelConfig
+from exporters.paths import check_output_dir, check_output_file, looks_like_checkpoint
+from model.config import ModelConfig, sample_pixels_note
 from model.errors import BgmDeployError, ImageError, UsageError
 
 from .align import align_background, import_cv2
 from .images import IMAGE_SUFFIXES, atomic_write_text, load_image, resize_rgb, save_image, to_uint8
-from .predictor import OUTPUT_CHOICES, Prediction, Predictor
+from .predictor import OUTPUT_CHOICES, Prediction, Predictor, config_from_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +241,8 @@ def matte(
     progress: ProgressCallback | None = None,
     report_path: str | Path | None = None,
     predictor: Predictor | None = None,
+    status: Callable[[str], None] | None = None,
+    model_settings: dict[str, Any] | None = None,
 ) -> MatteReport:
     """Mattes every (source, background) pair and writes the outputs under ``output``.
 
@@ -254,6 +258,9 @@ def matte(
         progress: called after each source with ``(result, done, total)``.
         report_path: also write the report as JSON there.
         predictor: an already loaded predictor (then model/checkpoint/provider are ignored).
+        status: called with a line before and after slow phases (loading the model).
+        model_settings: with ``checkpoint``: ``backbone``, ``backbone_scale``, ``refine_*``
+            overrides (None values ignored); an exported ``model`` carries its own.
 
     Returns:
         The report; ``report.ok`` is False if any source failed or had no background.
@@ -265,17 +272,35 @@ def matte(
     options = options or MatteOptions()
     output = Path(output)
     started = time.perf_counter()
+    if predictor is None and model is None and checkpoint is None and model_config is None:
+        raise UsageError("no model to matte with: pass --model FILE (an exported .onnx/.pt/.engine) or "
+                         "--checkpoint FILE (PyTorch weights)")
+    check_matte_paths(src, bgr, output, model=model if predictor is None else None, report_path=report_path)
+    settings = {key: value for key, value in (model_settings or {}).items() if value is not None}
+    if model is not None and checkpoint is not None:
+        raise UsageError("--model and --checkpoint are alternatives: an exported file, or PyTorch weights; pass one")
+    if settings and (model is not None or checkpoint is None):
+        raise UsageError("--model carries its own settings; --backbone/--backbone-scale/--refine-* apply only with "
+                         "--checkpoint")
+    if checkpoint is not None and model_config is None:
+        say_status = status or (lambda _message: None)
+        say_status(f"reading {checkpoint} ...")
+        model_config = config_from_checkpoint(checkpoint, **settings)
     plan = find_pairs(src, bgr)
     if options.align:
-
         import_cv2()  # fail before loading the model, with the install hint
     todo, results = _plan_results(plan, output, options)
     owned = predictor is None and bool(todo)
     if predictor is None and todo:  # a fully resumed run needs no model
+        say = status or (lambda _message: None)
+        say(f"loading {model or checkpoint or 'the model'} ({provider}) ...")
+        loading = time.perf_counter()
         predictor = Predictor.load(
             model, checkpoint=checkpoint, model_config=model_config, provider=provider,
             allow_fallback=allow_fallback, padding=options.padding,
         )
+        say(f"model loaded in {time.perf_counter() - loading:.1f} s; matting {len(todo)} pair(s)")
+        _warn_sample_pixels(predictor, todo[0], options, say)
     total = len(results) + len(todo)
     report = MatteReport(
         str(output),
@@ -298,6 +323,60 @@ def matte(
         if report_path is not None:
             atomic_write_text(report_path, report.to_json())
     return report
+
+
+def _warn_sample_pixels(predictor: Predictor, first: Pair, options: MatteOptions, say: Callable[[str], None]) -> None:
+    """Sampling mode with more sample pixels than an image has refines everything: say so once."""
+    config = predictor.model_config
+    if config is None or config.model_type != "refine" or config.refine_mode != "sampling":
+        return
+    if options.resize is not None:
+        width, height = options.resize
+    else:
+        from PIL import Image  # reads the header only
+
+        try:
+            with Image.open(first.src) as image:
+                width, height = image.size
+        except OSError:
+            return  # the pipeline reports unreadable images per pair
+    note = sample_pixels_note(config.refine_sample_pixels, width, height)
+    if note:
+        say(f"warning: {note} (first image {first.src})")
+
+
+def check_matte_paths(
+    src: str | Path,
+    bgr: str | Path,
+    output: str | Path,
+    model: str | Path | None = None,
+    report_path: str | Path | None = None,
+) -> None:
+    """Refuses, before any work, paths that would lose or corrupt something.
+
+    The output folder may not lie inside ``src`` or ``bgr`` (a rerun would matte its own
+    outputs), ``src`` and ``bgr`` may not be the same (every image against itself), the
+    report may not replace an input, and ``model`` may not be a PyTorch checkpoint.
+
+    Raises:
+        UsageError: naming the option and the fix.
+    """
+    src, bgr = Path(src), Path(bgr)
+    if src.exists() and bgr.exists() and os.path.samefile(src, bgr):
+        raise UsageError(f"--src and --bgr are the same ({src}): every image would be matted against itself; "
+                         "pass the background plate(s) (the scene without the subject) with --bgr")
+    trees = [("--src", src), ("--bgr", bgr)]
+    check_output_dir(output, "-o/--output", input_trees=trees)
+    if report_path is not None:
+        report = Path(report_path)
+        for label, tree in trees:
+            if tree.is_dir() and tree.resolve() in report.resolve().parents:
+                raise UsageError(f"--report {report} is inside {label} {tree}; write it elsewhere (outputs never go "
+                                 "into an input tree)")
+        check_output_file(report, "--report", inputs=[*trees, ("--model", model)])
+    if model is not None and looks_like_checkpoint(model):
+        raise UsageError(f"--model {model} is a PyTorch checkpoint (weights), not an exported model; pass it with "
+                         f"--checkpoint {model}, or export it first: bgm-deploy export --checkpoint {model} ...")
 
 
 def _plan_results(plan: PairPlan, output: Path, options: MatteOptions) -> tuple[list[Pair], list[PairResult]]:
@@ -455,6 +534,12 @@ class ProgressPrinter:
         self.started = time.perf_counter()
         self.processed = 0
         self._bar_visible = False
+
+    def status(self, message: str) -> None:
+        """One line about a slow phase (e.g. loading the model), silenced by quiet."""
+        if not self.quiet:
+            self._clear()
+            self.echo(message, err=True)
 
     def __call__(self, result: PairResult, done: int, total: int) -> None:
         if result.status == "ok":

@@ -24,7 +24,8 @@ import numpy as np
 
 from exporters.atomic import atomic_open, atomic_write_text
 from exporters.metadata import read_metadata
-from model.config import ModelConfig
+from exporters.paths import check_input_file, check_output_dir, check_output_file
+from model.config import ModelConfig, check_resolution
 from model.errors import ImageError, UsageError
 from runtimes import create_runner
 from runtimes.providers import runner_options
@@ -58,6 +59,8 @@ class VerifyConfig:
         checkpoint: the checkpoint the model was exported from (if it was).
         save_diff: folder for PNG heatmaps of |Δpha| and |Δfgr| of failing cases.
         seed: seed of the random inputs.
+        allow_fallback: run on what loaded (loud warning) when the provider is not usable.
+        json_path: also write the JSON report there (checked before the run, written atomically).
     """
 
     provider: str = "cpu"
@@ -73,19 +76,20 @@ class VerifyConfig:
     save_diff: str | None = None
     seed: int = 0
     allow_fallback: bool = False
+    json_path: str | None = None
 
     def __post_init__(self) -> None:
         for width, height in self.resolutions:
-            if width <= 0 or height <= 0 or width % 4 or height % 4:
-                raise UsageError(f"resolution {width}x{height} is not valid; width and height must be positive multiples of 4")
+            check_resolution(width, height, "--resolution")
         if self.batch < 1:
             raise UsageError(f"batch={self.batch} is not valid; it must be >= 1")
         bad = [kind for kind in self.inputs if kind not in INPUT_KINDS]
         if bad or not self.inputs:
             raise UsageError(f"inputs={','.join(self.inputs)!r} is not valid; choose from {', '.join(INPUT_KINDS)}")
-        for name, value in {**self.atol, **self.rtol}.items():
-            if value < 0:
-                raise UsageError(f"tolerance for {name!r} is {value}; tolerances must be >= 0")
+        for option, default, per_output in (("--atol", self.default_atol, self.atol), ("--rtol", self.default_rtol, self.rtol)):
+            for name, value in {"every output": default, **per_output}.items():
+                if value is not None and not value >= 0:  # also refuses NaN
+                    raise UsageError(f"{option} {value} for {name} is not valid; tolerances must be >= 0")
 
 
 @dataclass
@@ -556,8 +560,25 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
     config = config or VerifyConfig()
     say = progress or (lambda message: None)
     path = Path(model_path)
+    # Everything that can be wrong with the request is checked before the (long) run.
+    if config.json_path:  # a result that cannot be written at the end is lost
+        check_output_file(config.json_path, "--json", inputs=[("MODEL", path), ("--checkpoint", config.checkpoint)])
+    if config.save_diff:
+        check_output_dir(config.save_diff, "--save-diff")
+    if "pairs" in config.inputs and config.pairs_dir and not Path(config.pairs_dir).is_dir():
+        raise UsageError(f"--pairs {config.pairs_dir} is not a directory of <name>/src.jpg + bgr.jpg pairs")
+    if config.checkpoint is not None:
+        check_input_file(config.checkpoint, "--checkpoint")
     metadata = read_metadata(path)
     model_config = metadata.model_config
+    available = tuple(metadata.export.get("outputs") or ())
+    unknown = sorted((set(config.atol) | set(config.rtol)) - set(available)) if available else []
+    if unknown:
+        raise UsageError(f"--atol/--rtol name an output {path.name} does not have: {', '.join(unknown)}; "
+                         f"its outputs: {', '.join(available)}")
+    if model_config.checkpoint_sha256 is None and config.checkpoint is not None:
+        raise UsageError(f"{path} was exported with synthetic weights ({model_config.weights_label}); "
+                         "--checkpoint does not apply to it (drop it, or verify a model exported from that checkpoint)")
     io_dtype = np.dtype(metadata.export.get("io_dtype", "float32"))
     precision = "float16" if metadata.export.get("precision") == "fp16" else "float32"
     if model_config.checkpoint_sha256 is not None and config.checkpoint is None:
@@ -593,7 +614,7 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
     if any(c.verdict == "warn" for c in cases):
         warnings.append("some cases differ only in patches selected at ties (explained; see the cases' notes)")
     verdict = "fail" if any(c.verdict == "fail" for c in cases) else "pass"
-    return VerifyReport(
+    report = VerifyReport(
         model=str(path),
         format=metadata.format,
         provider=provider,
@@ -605,6 +626,9 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
         verdict=verdict,
         summary=summary,
     )
+    if config.json_path:
+        write_json(report, config.json_path)
+    return report
 
 
 def format_table(report: VerifyReport) -> str:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from model.errors import UsageError
-from model.spec import OUTPUT_NAMES
+from model.spec import MAX_SIDE, OUTPUT_NAMES
 
 # Channels of every tensor; the other three dimensions are symbolic (see SPATIAL_AXES).
 CHANNELS: dict[str, int] = {
@@ -125,9 +125,11 @@ class OnnxConfig:
         if self.trace_resolution is None:
             return _check_outputs(self.outputs)
         width, height = self.trace_resolution
-        if width < 64 or height < 64 or width % 4 or height % 4:
+        # Named as the CLI option, which sets it.
+        if not (64 <= width <= MAX_SIDE and 64 <= height <= MAX_SIDE) or width % 4 or height % 4:
             raise UsageError(
-                f"trace_resolution={width}x{height} is not valid; width and height must be >= 64 and divisible by 4"
+                f"--resolution (trace size) {width}x{height} is not valid; width and height must be in 64..{MAX_SIDE} "
+                "and divisible by 4"
             )
         _check_outputs(self.outputs)
 

@@ -18,6 +18,8 @@ from typing import Any
 from model.config import ModelConfig
 from model.errors import ModelFileError
 
+from .paths import looks_like_checkpoint
+
 
 def _package_version() -> str:
     """The installed bgm-deploy version (pyproject.toml is the one place it is written)."""
@@ -100,13 +102,18 @@ def read_metadata(path: str | Path) -> ExportMetadata:
         props = {p.key: p.value for p in proto.metadata_props}
         if METADATA_KEY not in props:
             raise ModelFileError(
-                f"{path}: has no bgm-deploy metadata (not exported by bgm-deploy?); re-export it with "
-                "'bgm-deploy export' or pass --checkpoint/--backbone explicitly"
+                f"{path}: has no bgm-deploy metadata (not exported by bgm-deploy?); export the model with "
+                "'bgm-deploy export' (matte also runs a PyTorch checkpoint directly: --checkpoint FILE)"
             )
         return ExportMetadata.from_json(props[METADATA_KEY], str(path))
     if fmt == "torchscript":
         import torch
 
+        if looks_like_checkpoint(path):
+            raise ModelFileError(
+                f"{path} is a PyTorch checkpoint (weights), not an exported model; export it first: "
+                f"bgm-deploy export --format onnx --checkpoint {path} -o model.onnx"
+            )
         extra = {TORCHSCRIPT_EXTRA_FILE: ""}
         try:
             torch.jit.load(str(path), map_location="cpu", _extra_files=extra)

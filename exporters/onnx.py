@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -30,6 +29,7 @@ from model.config import ModelConfig
 from model.errors import ExportError, UsageError
 from model.spec import INPUT_NAMES
 
+from .atomic import new_temp_file
 from .config import DEFAULT_TRACE_RESOLUTION, OnnxConfig, dynamic_axes, output_names, tensor_axes
 from .metadata import BGM_DEPLOY_VERSION, METADATA_KEY, ExportMetadata
 from .patcher import EXPORT_PATCHES, ModelPatcher, Patch
@@ -196,14 +196,12 @@ def _check(path: Path) -> None:
 
 
 def temp_path_for(output: Path, suffix: str) -> Path:
-    """A fresh temp file next to ``output`` (same filesystem, so the final rename is atomic)."""
-    handle, name = tempfile.mkstemp(prefix=f".{output.name}.", suffix=suffix, dir=output.parent)
-    os.close(handle)
-    # mkstemp creates 0600; the renamed model should get the usual permissions (0666 - umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(name, 0o666 & ~umask)
-    return Path(name)
+    """A fresh temp file next to ``output`` (same filesystem, so the final rename is atomic).
+
+    Named ``.<output name>.bgm-deploy-tmp-<pid><suffix>`` so a leftover of a killed export
+    can be found; stale ones of the same output are removed here (see exporters.atomic).
+    """
+    return new_temp_file(output, suffix)
 
 
 def check_writable(output: Path) -> None:

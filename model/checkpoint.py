@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,14 +75,32 @@ def describe_state_dict(state: dict[str, Tensor], path: str = "<state_dict>", sh
     return CheckpointInfo(path, sha256, model_type, backbone, None if kernel is None else int(kernel.shape[-1]))
 
 
+def _refused_detail(message: str) -> str | None:
+    """What torch's weights-only unpickler refused, or None if it was another failure."""
+    if "Weights only load failed" not in message and "WeightsUnpickler error" not in message:
+        return None
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?: was not an allowed| Please|\n|$)", message)
+    return match.group(1).strip() if match and match.group(1).strip() else "an object that is not a tensor"
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo]:
     """Reads a checkpoint with ``weights_only=True``; raises :class:`CheckpointError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (pass the path of a pytorch_<backbone>.pth file)")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's pickle-protocol notes would add lines to the one error
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+        refused = _refused_detail(str(exc))
+        if refused is not None:
+            # Never repeat torch's advice to retry with weights_only=False: that runs the file's code.
+            raise CheckpointError(
+                f"{path}: refused to unpickle: the file contains code or objects that are not plain tensors "
+                f"({refused}); bgm-deploy loads checkpoints with weights_only=True for safety. Use a checkpoint "
+                "that holds only a state_dict of tensors (the official pytorch_<backbone>.pth files do)"
+            ) from None
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot be read as a PyTorch checkpoint (truncated or not a checkpoint?): {reason}") from None
     state = _unwrap(obj, path)
@@ -177,4 +197,6 @@ def build_model(config: ModelConfig, checkpoint: str | Path | None = None, stric
 
 def config_for_checkpoint(config: ModelConfig, checkpoint: str | Path) -> ModelConfig:
     """``config`` with the checkpoint's sha256 recorded (and the seed dropped)."""
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"checkpoint {checkpoint} does not exist (pass the path of a pytorch_<backbone>.pth file)")
     return config.replace(checkpoint_sha256=file_sha256(checkpoint), seed=None)

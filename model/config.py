@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import UsageError
-from .spec import BACKBONES, DEFAULT_CROP_METHOD, DEFAULT_REPLACE_METHOD, MODEL_TYPES, refine_settings_error
+from .spec import BACKBONES, DEFAULT_CROP_METHOD, DEFAULT_REPLACE_METHOD, MAX_SIDE, MODEL_TYPES, refine_settings_error
 
 CONFIG_SCHEMA_VERSION = 1
 
@@ -27,6 +27,36 @@ def auto_backbone_scale(width: int, height: int) -> tuple[float, int]:
     if width <= 0 or height <= 0:
         raise UsageError(f"resolution {width}x{height} is not valid; width and height must be positive")
     return HD_PRESET if width * height <= HD_PIXELS else UHD_PRESET
+
+
+def check_resolution(width: int, height: int, label: str = "--resolution", multiple: int = 4) -> tuple[int, int]:
+    """``(width, height)`` must be positive, at most :data:`MAX_SIDE` and divisible by ``multiple``."""
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE) or width % multiple or height % multiple:
+        raise UsageError(
+            f"{label} {width}x{height} is not valid; width and height must be in 1..{MAX_SIDE}"
+            + (f" and divisible by {multiple}" if multiple > 1 else "")
+        )
+    return width, height
+
+
+def check_backbone_scale_for(scale: float, width: int, height: int, label: str = "--backbone-scale") -> None:
+    """The base network's input, ``floor(side * scale)``, must be at least 2 px on each side."""
+    if int(min(width, height) * scale) < 2:
+        raise UsageError(
+            f"{label} {scale} is too small for {width}x{height}: the base network would see "
+            f"{int(width * scale)}x{int(height * scale)} px; use at least {2 / min(width, height):.4g}"
+        )
+
+
+def sample_pixels_note(sample_pixels: int, width: int, height: int) -> str | None:
+    """A warning when ``sample_pixels`` is at least the image's pixel count, else None."""
+    pixels = width * height
+    if sample_pixels < pixels:
+        return None
+    return (
+        f"--refine-sample-pixels {sample_pixels} > {width}x{height} = {pixels} px: every 4x4 patch of the "
+        "image is refined (the same as --refine-mode full, and as slow); use a smaller value for a real sampling run"
+    )
 
 
 def preset_for(resolution: tuple[int, int] | None) -> tuple[float, int]:

@@ -24,10 +24,15 @@ OUTPUT_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 # Valid ranges of the refine settings (ModelConfig, MattingRefine and the scripted
-# TorchScript model check against these).
-BACKBONE_SCALE_RANGE = (0.0, 0.5)  # exclusive low, inclusive high
+# TorchScript model check against these). Below a 1% backbone scale the base network sees a
+# handful of pixels (and below 2 px on the smaller side it cannot run at all).
+BACKBONE_SCALE_RANGE = (0.01, 0.5)  # inclusive
 MIN_SAMPLE_PIXELS = 16  # one 4x4 cell
 THRESHOLD_RANGE = (0.0, 1.0)  # inclusive
+# Largest image side any command accepts: 8192x8192 float32 inputs are already ~1.6 GB per
+# batch item through the network; a typo (20000x20000) must fail at once, not allocate.
+MAX_SIDE = 8192
+MAX_SAMPLE_PIXELS = MAX_SIDE * MAX_SIDE
 
 
 def refine_settings_error(
@@ -39,7 +44,9 @@ def refine_settings_error(
     refine_patch_crop_method: str,
     refine_patch_replace_method: str,
 ) -> str | None:
-    """The message naming the first refine setting that is not valid, or None."""
+    """The message naming the first refine setting that is not valid, or None. Settings are
+    named as the CLI options that set them (``--backbone-scale``), so a message reads the
+    same from Python and from the command line."""
     choices = (
         ("refine_mode", refine_mode, REFINE_MODES),
         ("refine_kernel_size", refine_kernel_size, KERNEL_SIZES),
@@ -48,13 +55,13 @@ def refine_settings_error(
     )
     for name, value, valid in choices:
         if value not in valid:
-            return f"{name}={value!r} is not valid; valid: {', '.join(map(str, valid))}"
+            return f"--{name.replace('_', '-')} {value!r} is not valid; valid: {', '.join(map(str, valid))}"
     low, high = BACKBONE_SCALE_RANGE
-    if not low < backbone_scale <= high:
-        return f"backbone_scale={backbone_scale!r} is not valid; it must be in ({low}, {high}]"
-    if refine_sample_pixels < MIN_SAMPLE_PIXELS:
-        return f"refine_sample_pixels={refine_sample_pixels!r} is not valid; it must be >= {MIN_SAMPLE_PIXELS}"
+    if not low <= backbone_scale <= high:
+        return f"--backbone-scale {backbone_scale!r} is not valid; it must be in [{low}, {high}]"
+    if not MIN_SAMPLE_PIXELS <= refine_sample_pixels <= MAX_SAMPLE_PIXELS:
+        return f"--refine-sample-pixels {refine_sample_pixels!r} is not valid; it must be in {MIN_SAMPLE_PIXELS}..{MAX_SAMPLE_PIXELS}"
     low, high = THRESHOLD_RANGE
     if not low <= refine_threshold <= high:
-        return f"refine_threshold={refine_threshold!r} is not valid; it must be in [{low}, {high}]"
+        return f"--refine-threshold {refine_threshold!r} is not valid; it must be in [{low}, {high}]"
     return None

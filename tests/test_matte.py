@@ -139,7 +139,7 @@ def test_usage_errors(tmp_path: Path, onnx_model: Path, pairs_dir: Path, monkeyp
     code, output = _run("--src", str(pairs_dir / COFFEE / "src.jpg"), "--bgr", str(pairs_dir), "-o", str(tmp_path / "o"), "--model", str(onnx_model))
     assert code == 2 and "is a directory" in output
     code, output = _run("--src", str(pairs_dir / COFFEE / "src.jpg"), "--bgr", str(pairs_dir / COFFEE / "bgr.jpg"), "-o", str(tmp_path / "o"))
-    assert code == 2 and "nothing to load" in output
+    assert code == 2 and "no model to matte with" in output
     code, output = _run("--src", str(pairs_dir / COFFEE / "src.jpg"), "--bgr", str(pairs_dir / COFFEE / "bgr.jpg"),
                         "-o", str(tmp_path / "o"), "--model", str(onnx_model), "--outputs", "pha,alpha")
     assert code == 2 and "choose distinct names from pha, fgr, com, err, ref" in output

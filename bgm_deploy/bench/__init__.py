@@ -22,10 +22,12 @@ from typing import Any, Callable
 import numpy as np
 
 from exporters.metadata import detect_format, read_metadata
+from exporters.paths import check_input_file, check_output_dir, check_output_file
 from model import BACKBONES
 from model.checkpoint import build_model, config_for_checkpoint
-from model.config import ModelConfig, auto_backbone_scale
+from model.config import ModelConfig, auto_backbone_scale, check_backbone_scale_for
 from model.errors import BgmDeployError, RuntimeUnavailableError, UsageError
+from model.spec import BACKBONE_SCALE_RANGE, MAX_SAMPLE_PIXELS, MAX_SIDE, MIN_SAMPLE_PIXELS
 
 from ..environment import environment_info
 from ..images import BUNDLED_PAIRS_DIR
@@ -60,8 +62,8 @@ def parse_resolution(text: str) -> tuple[int, int]:
     if not match:
         raise UsageError(f"resolution={text!r} is not valid; use hd, 4k or WIDTHxHEIGHT (e.g. 1280x720)")
     width, height = int(match.group(1)), int(match.group(2))
-    if width < 32 or height < 32 or width % 4 or height % 4:
-        raise UsageError(f"resolution={text!r} is not valid; width and height must be >= 32 and divisible by 4")
+    if not (32 <= width <= MAX_SIDE and 32 <= height <= MAX_SIDE) or width % 4 or height % 4:
+        raise UsageError(f"--resolution {text!r} is not valid; width and height must be in 32..{MAX_SIDE} and divisible by 4")
     return width, height
 
 
@@ -152,8 +154,29 @@ class BenchConfig:
             if backbone not in BACKBONES:
                 raise UsageError(f"backbone={backbone!r} is not valid; valid: {', '.join(BACKBONES)}")
         for width, height in self.resolutions:
-            if width % 4 or height % 4 or width < 32 or height < 32:
-                raise UsageError(f"resolution {width}x{height} is not valid; width and height must be >= 32 and divisible by 4")
+            if width % 4 or height % 4 or not (32 <= width <= MAX_SIDE and 32 <= height <= MAX_SIDE):
+                raise UsageError(f"--resolution {width}x{height} is not valid; width and height must be in 32..{MAX_SIDE} "
+                                 "and divisible by 4")
+            if self.backbone_scale is not None:
+                check_backbone_scale_for(self.backbone_scale, width, height)
+        low, high = BACKBONE_SCALE_RANGE
+        if self.backbone_scale is not None and not low <= self.backbone_scale <= high:
+            raise UsageError(f"--backbone-scale {self.backbone_scale} is not valid; it must be in [{low}, {high}]")
+        if self.sample_pixels is not None and not MIN_SAMPLE_PIXELS <= self.sample_pixels <= MAX_SAMPLE_PIXELS:
+            raise UsageError(f"--sample-pixels {self.sample_pixels} is not valid; it must be in "
+                             f"{MIN_SAMPLE_PIXELS}..{MAX_SAMPLE_PIXELS}")
+        # Paths before any work: a missing checkpoint or an unwritable report must not cost a run.
+        for model in self.models:
+            check_input_file(model, "MODEL")
+        if self.checkpoint is not None:
+            check_input_file(self.checkpoint, "--checkpoint", "pass the path of a pytorch_<backbone>.pth file")
+        inputs = [*(("MODEL", m) for m in self.models), ("--checkpoint", self.checkpoint)]
+        reports = [("--json", self.json_path), ("--markdown", self.markdown_path), ("--plot", self.plot_path)]
+        for label, path in reports:
+            if path is not None:
+                check_output_file(path, label, inputs=inputs + [r for r in reports if r[0] != label])
+        if self.workdir is not None:
+            check_output_dir(self.workdir, "--workdir")
 
 
 def _default_progress(message: str) -> None:

@@ -118,7 +118,7 @@ class ArtifactCache:
                     trace_resolution=None if trace_resolution is None else (max(64, trace_resolution[0]), max(64, trace_resolution[1])),
                 )
             start = time.perf_counter()
-            export(config, path, fmt, onnx=onnx_config, checkpoint=self.checkpoint)
+            export(config, path, fmt, onnx=onnx_config, checkpoint=self.checkpoint, overwrite=True)  # bench's own scratch files
             self.export_seconds[path.name] = time.perf_counter() - start
             self._paths[key] = path
         return self._paths[key]

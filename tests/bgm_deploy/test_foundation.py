@@ -32,7 +32,7 @@ def test_config_validation_and_roundtrip() -> None:
     assert ModelConfig.from_json(config.to_json()) == config
     with pytest.raises(UsageError, match="backbone='vgg'"):
         ModelConfig(backbone="vgg")
-    with pytest.raises(UsageError, match="backbone_scale=0.6"):
+    with pytest.raises(UsageError, match="--backbone-scale 0.6"):
         ModelConfig(backbone_scale=0.6)
     with pytest.raises(UsageError, match="schema_version 99"):
         ModelConfig.from_dict({"schema_version": 99})
@@ -160,7 +160,7 @@ def test_cli_user_errors_are_one_line_without_traceback(tmp_path: Path) -> None:
     result = runner.invoke(cli, ["inspect", str(tmp_path / "missing.onnx")])
     assert result.exit_code == 2 and result.output.startswith("Error: ") and "Traceback" not in result.output
     result = runner.invoke(cli, ["export", "--format", "onnx", "-o", str(tmp_path / "m.onnx"), "--backbone-scale", "0.9"])
-    assert result.exit_code == 2 and "backbone_scale=0.9" in result.output
+    assert result.exit_code == 2 and "--backbone-scale 0.9" in result.output
     assert not list(tmp_path.iterdir())
     result = runner.invoke(cli, ["export", "--format", "xml", "-o", "m"])
     assert result.exit_code == 2  # click usage error

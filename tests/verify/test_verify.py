@@ -203,7 +203,7 @@ def test_json_report_schema(onnx_legacy: Path, tmp_path: Path) -> None:
     "args,message",
     [
         (["missing.onnx"], "does not exist"),
-        (["{model}", "--resolution", "130x96"], "multiples of 4"),
+        (["{model}", "--resolution", "130x96"], "divisible by 4"),
         (["{model}", "--inputs", "photos"], "inputs="),
         (["{model}", "--atol", "pha=big"], "--atol"),
         (["{model}", "--provider", "cuda"], "CUDA"),
