@@ -113,3 +113,32 @@ def test_checkpoint_backbone_mismatch(tmp_path: Path) -> None:
     result = _bad(tmp_path, ["-o", str(tmp_path / "m.onnx"), "--backbone", "resnet50", "--checkpoint", str(checkpoint), *SMALL])
     assert result.exit_code == 2 and "use --backbone mobilenetv2" in result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pytorch_mobilenetv2.pth"]
+
+
+def test_python_default_export_equals_the_cli_default(tmp_path: Path) -> None:
+    """The CLI is a skin: `bgm_deploy.export(ModelConfig(), path)` writes the same file as
+    `bgm-deploy export --format onnx` (same graph, same weights, same embedded config).
+    Before the rules moved into the API, the Python call took the model's unfold crop and
+    failed in the legacy exporter."""
+    import onnx
+
+    import bgm_deploy
+    from bgm_deploy import ModelConfig
+
+    cli_path, api_path = tmp_path / "cli.onnx", tmp_path / "api.onnx"
+    result = CliRunner().invoke(cli, ["--quiet", "export", "--format", "onnx", "-o", str(cli_path)])
+    assert result.exit_code == 0, result.output
+    report = bgm_deploy.export(ModelConfig(), api_path, "onnx")
+    assert report.ok and report.format == "onnx"
+    cli_model, api_model = onnx.load(str(cli_path)), onnx.load(str(api_path))
+    assert [(n.op_type, list(n.input), list(n.output)) for n in cli_model.graph.node] == [
+        (n.op_type, list(n.input), list(n.output)) for n in api_model.graph.node
+    ]
+    assert [t.SerializeToString() for t in cli_model.graph.initializer] == [
+        t.SerializeToString() for t in api_model.graph.initializer
+    ]
+    cli_meta, api_meta = read_metadata(cli_path), read_metadata(api_path)
+    assert cli_meta.model_config == api_meta.model_config
+    assert cli_meta.model_config.refine_patch_crop_method == "roi_align"
+    assert (cli_meta.model_config.backbone_scale, cli_meta.model_config.refine_sample_pixels) == (0.25, 80_000)
+    assert cli_meta.export == api_meta.export
