@@ -382,6 +382,7 @@ def compare_case(
     blocks of every cell near the boundary (on the reference's error map) are then the
     ones a runtime may legitimately refine differently.
     """
+    model_config = model_config.resolved()  # settings left unset: the defaults the model ran with
     notes: list[str] = []
     outputs: list[OutputStats] = []
     selection = SelectionStats(observable=False)
