@@ -272,8 +272,7 @@ def onnx_from_torch(
     say = progress or (lambda _message: None)
     output = Path(output)
     check_writable(output)
-    if not model_config.is_resolved:
-        raise UsageError("model_config has unset settings; pass model_config.resolved(...) (bgm_deploy.export does)")
+    model_config = model_config.resolved_from(model)  # unset settings: what the model runs
     if config.trace_resolution is None:
         config = dataclasses.replace(config, trace_resolution=DEFAULT_TRACE_RESOLUTION)
     config.check_for(model_config.model_type, model_config.refine_patch_crop_method)

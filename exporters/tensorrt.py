@@ -104,7 +104,7 @@ class EngineConfig:
         """
         preset = self.preset
         if preset is None:
-            scale = model_config.backbone_scale if model_config is not None else 0.25
+            scale = model_config.resolved().backbone_scale if model_config is not None else 0.25
             preset = "hd" if scale >= 0.25 else "4k"
         defaults = DEFAULT_PROFILES[preset]
         shapes = tuple(

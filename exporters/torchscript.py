@@ -222,6 +222,7 @@ def torchscript_from_torch(
     say = progress or (lambda _message: None)
     output = Path(output)
     check_writable(output)
+    model_config = model_config.resolved_from(model)  # unset settings: what the model runs
     names = config.output_names(model_config.model_type)
     every = output_names(model_config.model_type)
     dtype = torch.float16 if config.precision == "fp16" else torch.float32

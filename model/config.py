@@ -144,6 +144,20 @@ class ModelConfig:
             refine_patch_replace_method=self.refine_patch_replace_method or replace,
         )
 
+    def resolved_from(self, module: Any) -> ModelConfig:
+        """This config with unset settings read from a built model (its attributes: what it
+        really runs), so a file's metadata describes the model it was made from."""
+        scale, pixels = preset_for(None)
+        return self.replace(
+            backbone_scale=self.backbone_scale if self.backbone_scale is not None else getattr(module, "backbone_scale", scale),
+            refine_sample_pixels=self.refine_sample_pixels if self.refine_sample_pixels is not None
+            else getattr(module, "refine_sample_pixels", pixels),
+            refine_patch_crop_method=self.refine_patch_crop_method
+            or getattr(module, "refine_patch_crop_method", DEFAULT_CROP_METHOD),
+            refine_patch_replace_method=self.refine_patch_replace_method
+            or getattr(module, "refine_patch_replace_method", DEFAULT_REPLACE_METHOD),
+        )
+
     @property
     def weights_label(self) -> str:
         """Human-readable origin of the weights."""

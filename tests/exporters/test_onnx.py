@@ -173,7 +173,9 @@ def test_metadata_round_trip(onnx_export) -> None:
     exported = onnx_export(small_config(), exporter="legacy", outputs=("pha", "fgr"))
     metadata = read_metadata(exported.path)
     assert metadata.format == "onnx"
-    assert metadata.model_config == exported.config
+    # Settings the config left unset are recorded as the model ran them (HD preset scale).
+    assert metadata.model_config == exported.config.resolved()
+    assert metadata.model_config.is_resolved and metadata.model_config.backbone_scale == 0.25
     export = metadata.export
     for key in ("exporter", "opset", "precision", "io_dtype", "outputs", "simplified", "target", "trace_resolution",
                 "trace_batch", "torch_version", "onnx_version", "bgm_deploy_version"):

@@ -62,7 +62,8 @@ def test_metadata_and_pruned_outputs(tmp_path: Path, refine_model: torch.nn.Modu
     path = tmp_path / "pruned.pt"
     result = torchscript_from_torch(refine_model, CONFIG, TorchScriptConfig(outputs=("fgr", "pha")), path)
     metadata = read_metadata(path)
-    assert metadata.format == "torchscript" and metadata.model_config == CONFIG
+    assert metadata.format == "torchscript" and metadata.model_config == CONFIG.resolved_from(refine_model)
+    assert metadata.model_config.refine_patch_crop_method == refine_model.refine_patch_crop_method
     assert metadata.export["outputs"] == ["fgr", "pha"] and metadata.export["io_dtype"] == "float32"
     loaded = torch.jit.load(str(path))
     src, bgr = random_pair(160, 128, 1, 1)
