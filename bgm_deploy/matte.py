@@ -251,7 +251,8 @@ def matte(
         options: see :class:`MatteOptions`.
         progress: called after each source with ``(result, done, total)``.
         report_path: also write the report as JSON there.
-        predictor: an already loaded predictor (then model/checkpoint/provider are ignored).
+        predictor: an already loaded predictor, or a :class:`bgm_deploy.client.TritonMatteClient`
+            (requests then run ``concurrency`` at a time); model/checkpoint/provider are ignored.
 
     Returns:
         The report; ``report.ok`` is False if any source failed or had no background.
@@ -332,7 +333,7 @@ def _check_outputs_available(predictor: Predictor, options: MatteOptions) -> Non
         )
 
 
-Decoded = tuple[np.ndarray, np.ndarray, dict[str, Any] | None]
+Decoded = tuple[np.ndarray, np.ndarray, dict[str, Any] | None, Prediction | None]
 
 
 def _run_pipeline(
@@ -345,10 +346,13 @@ def _run_pipeline(
     total: int,
 ) -> None:
     """decode (threads) → predict (this thread) → encode (threads), each stage bounded."""
-    depth = 2 * options.workers  # items in flight per stage: enough to hide I/O, bounded memory
+    # A remote predictor (matte --server) takes `concurrency` requests at once: it predicts in
+    # the decode threads; a local one predicts on this thread.
+    parallel = max(1, int(getattr(predictor, "concurrency", 1)))
+    depth = max(2 * options.workers, parallel)  # items in flight per stage: hides I/O, bounded memory
     # One background for every source (fixed camera): decode it once, shared read-only.
     shared = _SharedImage(todo[0].bgr) if todo and len({pair.bgr for pair in todo}) == 1 else None
-    decode_pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bgm-decode")
+    decode_pool = ThreadPoolExecutor(max(options.workers, parallel), thread_name_prefix="bgm-decode")
     encode_pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bgm-encode")
     decoding: deque[tuple[Pair, Future[Decoded]]] = deque()
     encoding: deque[tuple[PairResult, Future[list[str]]]] = deque()
@@ -373,7 +377,8 @@ def _run_pipeline(
             pair = next(pending, None)
             if pair is None:
                 return
-            decoding.append((pair, decode_pool.submit(_decode, pair, options, shared)))
+            remote = predictor if parallel > 1 else None
+            decoding.append((pair, decode_pool.submit(_decode, pair, options, shared, remote)))
 
     try:
         refill()
@@ -382,9 +387,10 @@ def _run_pipeline(
             refill()
             result = PairResult(str(pair.src), str(pair.bgr), "ok")
             try:
-                src_image, bgr_image, result.align = future.result()
+                src_image, bgr_image, result.align, prediction = future.result()
                 result.size = (src_image.shape[1], src_image.shape[0])
-                prediction = predictor.predict(src_image, bgr_image, options.outputs)
+                if prediction is None:
+                    prediction = predictor.predict(src_image, bgr_image, options.outputs)
                 result.seconds = prediction.seconds
             except BgmDeployError as exc:
                 result.status, result.error = "failed", str(exc)
@@ -416,7 +422,7 @@ class _SharedImage:
             return self._image
 
 
-def _decode(pair: Pair, options: MatteOptions, shared: _SharedImage | None) -> Decoded:
+def _decode(pair: Pair, options: MatteOptions, shared: _SharedImage | None, remote: Any = None) -> Decoded:
     src = load_image(pair.src)
     bgr = shared.get() if shared is not None else load_image(pair.bgr)
     if options.resize is not None:
@@ -433,7 +439,8 @@ def _decode(pair: Pair, options: MatteOptions, shared: _SharedImage | None) -> D
             f"size mismatch: src {pair.src} is {src.shape[1]}x{src.shape[0]} but bgr {pair.bgr} is "
             f"{bgr.shape[1]}x{bgr.shape[0]}; pass --resize WxH (both are resized) or --align"
         )
-    return src, bgr, align
+    prediction = remote.predict(src, bgr, options.outputs) if remote is not None else None
+    return src, bgr, align, prediction
 
 
 def _encode(prediction: Prediction, paths: dict[str, Path]) -> list[str]:

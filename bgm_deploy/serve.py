@@ -63,6 +63,9 @@ class ServeConfig:
         startup_timeout: seconds to wait for the model to be ready.
         exit_timeout: seconds Triton waits for in-flight requests on shutdown.
         log_path: keep the server log here (default: a temporary file, shown on failure).
+        repository: serve this existing Triton model repository (e.g. from ``export --format
+            triton --triton-backend python``) instead of ``model``/``checkpoint``; its python
+            models need bgm-deploy importable by the server's Python.
     """
 
     model: str | Path | None = None
@@ -76,9 +79,15 @@ class ServeConfig:
     startup_timeout: float = 180.0
     exit_timeout: int = 10
     log_path: str | Path | None = None
+    repository: str | Path | None = None
 
     def __post_init__(self) -> None:
-        if self.model is None and self.checkpoint is None and self.model_config is None:
+        if self.repository is not None:
+            if self.model is not None or self.checkpoint is not None:
+                raise UsageError("pass either a model repository or MODEL/--checkpoint, not both")
+            if not Path(self.repository).is_dir():
+                raise UsageError(f"repository {self.repository} is not a folder (give a Triton model repository)")
+        elif self.model is None and self.checkpoint is None and self.model_config is None:
             raise UsageError("nothing to serve: pass MODEL (an exported file) or --checkpoint")
         if self.model is not None and self.checkpoint is not None:
             raise UsageError("pass either MODEL or --checkpoint, not both")
@@ -158,13 +167,17 @@ def server_environment(dist: TritonDist, base: dict[str, str] | None = None) -> 
     not the system's own (pyenv, conda, a custom build) it would load the system library and
     fail inside the stub (``'_thread.RLock' object has no attribute '_recursion_count'``), so
     this interpreter's library folder goes first. Its ``bin`` folder goes first on PATH so the
-    stub's Python finds this environment's site-packages (as PyTriton does).
+    stub's Python finds this environment's site-packages (as PyTriton does), and the folder
+    holding ``bgm_deploy`` goes first on PYTHONPATH.
     """
     env = dict(os.environ if base is None else base)
     libdir = sysconfig.get_config_var("LIBDIR") or ""
     parts = [libdir, env.get("LD_LIBRARY_PATH", ""), str(dist.libs)]
     env["LD_LIBRARY_PATH"] = ":".join(part for part in parts if part)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    # Python-backend models import the bgm-deploy this process runs (a checkout works too).
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = ":".join(part for part in (root, env.get("PYTHONPATH", "")) if part)
     return env
 
 
@@ -241,12 +254,14 @@ class TritonServer:
 
     def _launch(self, dist: TritonDist, workdir: Path) -> None:
         config = self.config
-        self._say("preparing the model repository (loading the model once to check it) ...")
-        python_path = str(Path(__file__).resolve().parents[1])  # the bgm-deploy this process runs
-        write_python_repository(
-            workdir / "models", config.options, model=config.model, checkpoint=config.checkpoint,
-            model_config=config.model_config, copy_model=False, python_path=python_path,
-        )
+        repository = Path(config.repository).resolve() if config.repository is not None else workdir / "models"
+        if config.repository is None:
+            self._say("preparing the model repository (loading the model once to check it) ...")
+            python_path = str(Path(__file__).resolve().parents[1])  # the bgm-deploy this process runs
+            write_python_repository(
+                repository, config.options, model=config.model, checkpoint=config.checkpoint,
+                model_config=config.model_config, copy_model=False, python_path=python_path,
+            )
         backend = workdir / "backends" / "python"
         backend.mkdir(parents=True)
         for source in (dist.python_backend / "libtriton_python.so", dist.python_backend / "triton_python_backend_utils.py", dist.stub):
@@ -255,7 +270,7 @@ class TritonServer:
         host, ports = config.host, self.ports
         command = [
             str(dist.server),
-            f"--model-repository={workdir / 'models'}",
+            f"--model-repository={repository}",
             f"--backend-directory={workdir / 'backends'}",
             f"--http-address={host}", f"--http-port={ports['http']}",
             f"--grpc-address={host}", f"--grpc-port={ports['grpc']}",
@@ -280,7 +295,8 @@ class TritonServer:
         assert self._process is not None
         name = self.config.options.name
         deadline = time.monotonic() + self.config.startup_timeout
-        url = f"{self.http_url}/v2/models/{name}/ready"
+        # A whole repository: every model must be ready (--strict-readiness); else our model.
+        url = f"{self.http_url}/v2/health/ready" if self.config.repository else f"{self.http_url}/v2/models/{name}/ready"
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
                 raise ServeError(f"tritonserver exited (code {self._process.returncode}) before model {name!r} was ready: {self._failure_reason()}")

@@ -346,6 +346,21 @@ def write_python_repository(
     return write_model_dir(repository, options.name, files, overwrite=overwrite)
 
 
+def triton_export_outputs(flavour: str, outputs: tuple[str, ...] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(served outputs, ONNX outputs to keep)`` for a flavour and the user's ``--outputs``.
+
+    The python flavour serves pha/fgr/com from an ONNX file with pha and fgr (com is made
+    from both); the onnxruntime flavour serves the ONNX outputs themselves. Default: pha, fgr.
+    """
+    served = tuple(outputs) if outputs else ("pha", "fgr")
+    if flavour == "python":
+        unknown = [name for name in served if name not in SERVED_OUTPUTS]
+        if unknown:
+            raise UsageError(f"--outputs {','.join(served)}: the python backend serves {', '.join(SERVED_OUTPUTS)} only")
+        return served, ("pha", "fgr")
+    return served, served
+
+
 def export_triton(
     model_config: ModelConfig,
     repository: str | Path,
