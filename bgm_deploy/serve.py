@@ -204,6 +204,8 @@ class TritonServer:
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self.log_path: Path | None = None
         self.ports: dict[str, int] = {}
+        self.last_pid: int | None = None  # the server process of the last start (also after stop)
+        self.last_log = ""
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -290,6 +292,7 @@ class TritonServer:
                 command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 env=server_environment(dist), start_new_session=True, preexec_fn=_set_parent_death_signal,
             )
+        self.last_pid = self._process.pid
 
     def _wait_ready(self) -> None:
         assert self._process is not None
