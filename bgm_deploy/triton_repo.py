@@ -261,6 +261,20 @@ class TritonRepoReport:
         return asdict(self)
 
 
+def check_target(repository: Path, name: str, overwrite: bool) -> Path:
+    """``<repository>/<name>``, if it may be written.
+
+    Raises:
+        UsageError: the repository is a file, or the model folder exists without ``overwrite``.
+    """
+    if repository.exists() and not repository.is_dir():
+        raise UsageError(f"-o {repository} is a file; a Triton model repository is a folder")
+    target = repository / name
+    if target.exists() and not overwrite:
+        raise UsageError(f"{target} already exists; pass --overwrite to replace it or choose another --triton-name")
+    return target
+
+
 def write_model_dir(repository: str | Path, name: str, files: dict[str, Path | str | bytes], overwrite: bool = False) -> Path:
     """Writes ``<repository>/<name>/`` whole or not at all.
 
@@ -272,11 +286,7 @@ def write_model_dir(repository: str | Path, name: str, files: dict[str, Path | s
         UsageError: the model folder exists and ``overwrite`` is False.
     """
     repository = Path(repository)
-    target = repository / name
-    if target.exists() and not overwrite:
-        raise UsageError(f"{target} already exists; pass --overwrite to replace it or choose another --triton-name")
-    if repository.exists() and not repository.is_dir():
-        raise UsageError(f"-o {repository} is a file; a Triton model repository is a folder")
+    target = check_target(repository, name, overwrite)
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=repository, prefix=f".{name}.", suffix=".part"))
     try:
@@ -395,7 +405,9 @@ def export_triton(
         raise UsageError(f"flavour={flavour!r} is not valid; valid: {', '.join(FLAVOURS)}")
     if flavour == "python" and options.tensorrt:
         raise UsageError("the TensorRT accelerator applies to the onnxruntime flavour only")
-    import_model_config_pb2()  # fail before the slow export without the extra
+    # Fail before the slow export: no extra, or nowhere to write.
+    import_model_config_pb2()
+    check_target(Path(repository), options.name, overwrite)
     onnx_config = onnx or OnnxConfig()
     if options.tensorrt:
         onnx_config = dataclasses.replace(onnx_config, target="tensorrt")
