@@ -213,7 +213,7 @@ class TritonMatteClient:
             try:
                 ready = connection.client.is_model_ready(self.model_name)
                 config = connection.client.get_model_config(self.model_name)
-            except Exception as exc:  # tritonclient raises its own and socket errors; all mean unreachable
+            except Exception as exc:  # noqa: BLE001 - tritonclient and socket errors alike mean unreachable
                 raise ServeError(f"cannot reach model {self.model_name!r} at {address.url}: {_first_line(exc)}; "
                                  "is `bgm-deploy serve` running there?") from None
             if not ready:
@@ -293,7 +293,8 @@ class TritonMatteClient:
         for name in wanted:
             value = raw[name][:, :height, :width]
             if name != "com":
-                value = value.astype(np.float32) / np.float32(255) if value.dtype == np.uint8 else value
+                # One pass, one allocation (an HD fgr is 6 M values).
+                value = np.divide(value, np.float32(255), dtype=np.float32) if value.dtype == np.uint8 else value
             setattr(result, name, value if batched else value[0])
         return result
 
@@ -345,7 +346,7 @@ class TritonMatteClient:
                 return self._infer_on(connection, src, bgr, names), time.perf_counter() - started
             except BgmDeployError:
                 raise
-            except Exception as exc:  # tritonclient's exception types differ per protocol
+            except Exception as exc:  # noqa: BLE001 - tritonclient's exception types differ per protocol
                 message = _first_line(exc)
                 status = str(getattr(exc, "status", lambda: "")() or "")
                 if "400" in status or "INVALID_ARG" in status or message.startswith("[400]"):

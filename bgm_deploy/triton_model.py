@@ -37,6 +37,15 @@ def _error(message: str) -> Any:
     return pb_utils.InferenceResponse(output_tensors=[], error=error)
 
 
+def _to_uint8(values: np.ndarray) -> np.ndarray:
+    """The numbers of :func:`bgm_deploy.images.to_uint8` (``rint(x * 255)`` clipped) with one
+    float temporary instead of four: on an HD frame the fresh allocations cost more than the math."""
+    work = np.multiply(values, np.float32(255), dtype=np.float32)
+    np.rint(work, out=work)
+    np.clip(work, 0, 255, out=work)
+    return work.astype(np.uint8)
+
+
 def _tensor(name: str, array: np.ndarray) -> Any:
     """An output tensor handed over through DLPack.
 
@@ -115,7 +124,6 @@ class TritonPythonModel:
     # -- inference -----------------------------------------------------------------------
     def execute(self, requests: list[Any]) -> list[Any]:
         from bgm_deploy.errors import BgmDeployError
-        from bgm_deploy.images import to_uint8
 
         responses: list[Any] = [None] * len(requests)
         groups: dict[tuple[int, ...], list[tuple[int, np.ndarray, np.ndarray]]] = {}
@@ -145,7 +153,7 @@ class TritonPythonModel:
                 for name in self.outputs:
                     value = getattr(prediction, name)[start : start + count]
                     if name != "com" and self.io_dtype == np.uint8:
-                        value = to_uint8(value)
+                        value = _to_uint8(value)
                     tensors.append(_tensor(name, value))
                 responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
                 start += count
