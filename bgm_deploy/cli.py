@@ -488,7 +488,7 @@ def export_command(
         click.echo(f"{repo.model_dir}: {', '.join(repo.files)} ({repo.verified})")
         return
     if Path(output).is_dir():
-        raise UsageError(f"-o {output} is a folder; --format {fmt} writes a file")
+        raise UsageError(f"-o {output} is a directory; --format {fmt} writes a file (only --format triton writes a folder)")
     if fmt == "tensorrt":
         from exporters.tensorrt import EngineConfig
 

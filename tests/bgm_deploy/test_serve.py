@@ -27,15 +27,15 @@ tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "runtimes"))
-import model_files  # noqa: E402
+import model_files
 
-from bgm_deploy.cli import cli  # noqa: E402
-from bgm_deploy.client import ServerAddress, TritonMatteClient  # noqa: E402
-from bgm_deploy.errors import UsageError  # noqa: E402
-from bgm_deploy.images import to_uint8  # noqa: E402
-from bgm_deploy.predictor import Predictor  # noqa: E402
-from bgm_deploy.serve import ServeConfig, TritonServer, free_port, with_free_ports  # noqa: E402
-from bgm_deploy.triton_repo import (  # noqa: E402
+from bgm_deploy.cli import cli
+from bgm_deploy.client import ServerAddress, TritonMatteClient
+from bgm_deploy.errors import UsageError
+from bgm_deploy.images import to_uint8
+from bgm_deploy.predictor import Predictor
+from bgm_deploy.serve import ServeConfig, TritonServer, free_port, with_free_ports
+from bgm_deploy.triton_repo import (
     MissingExtraError,
     ServeError,
     TritonModelOptions,
@@ -137,10 +137,12 @@ def test_python_repository_float_io_loads_in_tritonserver(onnx_model: Path, pred
     src, bgr = _images(3, 62, 46)
     src_f, bgr_f = src.astype(np.float32) / 255, bgr.astype(np.float32) / 255
     want = predictor.predict(src_f, bgr_f, ("pha", "fgr"))
-    with TritonServer(with_free_ports(ServeConfig(repository=tmp_path / "repo"))) as server:
-        with TritonMatteClient(server.grpc_url, model_name="bgm_float") as client:
-            assert client.info.io_dtype == np.float32 and client.info.pads
-            got = client.predict(src_f, bgr_f, ("pha", "fgr"))
+    with (
+        TritonServer(with_free_ports(ServeConfig(repository=tmp_path / "repo"))) as server,
+        TritonMatteClient(server.grpc_url, model_name="bgm_float") as client,
+    ):
+        assert client.info.io_dtype == np.float32 and client.info.pads
+        got = client.predict(src_f, bgr_f, ("pha", "fgr"))
     assert got.pha.dtype == np.float32
     assert float(np.abs(got.pha - want.pha).max()) <= 1e-4
     assert float(np.abs(got.fgr - want.fgr).max()) <= 1e-4
@@ -198,7 +200,7 @@ def _raw_infer(module: object, location: str, src: np.ndarray, bgr: np.ndarray) 
         inputs[1].set_data_from_numpy(bgr)
         try:
             client.infer("bgm", inputs)
-        except Exception as exc:  # tritonclient's InferenceServerException, per protocol
+        except Exception as exc:  # noqa: BLE001 - tritonclient's InferenceServerException, per protocol
             return str(exc)
         return "no error"
     finally:
@@ -215,7 +217,7 @@ def test_bad_requests_get_clear_errors_while_good_requests_succeed(cli_server: d
             while not stop.is_set():
                 try:
                     good.append(np.array_equal(to_uint8(client.predict(src, bgr, ("pha",)).pha), want))
-                except Exception as exc:  # any failure of a good request fails the test
+                except Exception as exc:  # noqa: BLE001 - any failure of a good request fails the test
                     failures.append(repr(exc))
 
     worker = threading.Thread(target=keep_busy)
@@ -272,10 +274,9 @@ def test_port_in_use_is_one_line(cli_server: dict, onnx_model: Path) -> None:
     result = CliRunner().invoke(cli, ["serve", str(onnx_model), "--http-port", str(cli_server["ports"]["http"]),
                                       "--grpc-port", "0", "--metrics-port", "0"])
     assert result.exit_code != 0
-    assert result.output.strip().splitlines() == [
-        f"Error: port {cli_server['ports']['http']} on 127.0.0.1 is already in use (--http-port); "
-        "stop what listens there or pass another --http-port"
-    ]
+    port = cli_server["ports"]["http"]
+    expected = f"Error: port {port} on 127.0.0.1 is already in use (--http-port); stop what listens there or pass another --http-port"
+    assert result.output.strip().splitlines() == [expected]
 
 
 def test_missing_extra_is_one_line(monkeypatch: pytest.MonkeyPatch, onnx_model: Path) -> None:

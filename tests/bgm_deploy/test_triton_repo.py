@@ -16,9 +16,9 @@ from click.testing import CliRunner
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason='needs pip install "bgm-deploy[serve]"')
 text_format = pytest.importorskip("google.protobuf.text_format")
 
-from bgm_deploy.cli import cli  # noqa: E402
-from bgm_deploy.errors import UsageError  # noqa: E402
-from bgm_deploy.triton_repo import (  # noqa: E402
+from bgm_deploy.cli import cli
+from bgm_deploy.errors import UsageError
+from bgm_deploy.triton_repo import (
     ServeError,
     TritonModelOptions,
     onnxruntime_config_text,
