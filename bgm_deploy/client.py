@@ -190,6 +190,9 @@ class TritonMatteClient:
         self._lock = threading.Lock()
         self._turn = itertools.count()
         self._closed = False
+        # predict_many's threads live as long as the client: each thread keeps its connections
+        # (and shared-memory regions), so they are made once, not per call.
+        self._pool: ThreadPoolExecutor | None = None
         self.info = self._model_info()
 
     # -- setup -------------------------------------------------------------------------------
@@ -249,6 +252,9 @@ class TritonMatteClient:
         with self._lock:
             self._closed = True
             connections, self._connections = self._connections, []
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         for connection in connections:
             connection.close()
 
@@ -302,18 +308,23 @@ class TritonMatteClient:
         self, pairs: Iterable[tuple[Any, Any]], outputs: tuple[str, ...] | list[str] = ("pha", "fgr")
     ) -> Iterator[Prediction]:
         """Predictions of ``(src, bgr)`` pairs in order, at most ``concurrency`` in flight."""
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="bgm-client") as pool:
-            window: deque[Future[Prediction]] = deque()
-            try:
-                for src, bgr in pairs:
-                    window.append(pool.submit(self.predict, src, bgr, outputs))
-                    if len(window) >= self.concurrency:
-                        yield window.popleft().result()
-                while window:
+        with self._lock:
+            if self._closed:
+                raise ServeError("this client is closed")
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="bgm-client")
+            pool = self._pool
+        window: deque[Future[Prediction]] = deque()
+        try:
+            for src, bgr in pairs:
+                window.append(pool.submit(self.predict, src, bgr, outputs))
+                if len(window) >= self.concurrency:
                     yield window.popleft().result()
-            finally:
-                for future in window:
-                    future.cancel()
+            while window:
+                yield window.popleft().result()
+        finally:
+            for future in window:
+                future.cancel()
 
     def _as_nhwc(self, image: Any, name: str) -> tuple[np.ndarray, bool]:
         if hasattr(image, "mode") and hasattr(image, "getbands"):  # PIL.Image

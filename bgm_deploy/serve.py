@@ -182,7 +182,11 @@ def server_environment(dist: TritonDist, base: dict[str, str] | None = None) -> 
 
 
 def _set_parent_death_signal() -> None:
-    """Runs in the child before exec: the server gets SIGTERM if this process dies (Linux)."""
+    """Runs in the child before exec: the server gets SIGTERM if this process dies (Linux).
+
+    Linux sends it when the *thread* that started the server ends: start servers from a
+    thread that outlives them (the main thread, as ``serve`` and the tests do).
+    """
     with contextlib.suppress(Exception):
         import ctypes
 
