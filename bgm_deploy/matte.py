@@ -345,7 +345,8 @@ def _run_pipeline(
     progress: ProgressCallback | None,
     total: int,
 ) -> None:
-    """decode (threads) → predict (this thread) → encode (threads), each stage bounded."""
+    """decode (threads) → predict (this thread; a remote client: the decode threads) → encode
+    (threads), each stage bounded."""
     # A remote predictor (matte --server) takes `concurrency` requests at once: it predicts in
     # the decode threads; a local one predicts on this thread.
     parallel = max(1, int(getattr(predictor, "concurrency", 1)))
