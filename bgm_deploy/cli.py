@@ -11,6 +11,7 @@ configs built here (model.config, exporters.config) are torch-free and imported 
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -211,6 +212,14 @@ def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int,
 @click.option("--skip-existing/--no-skip-existing", default=False, show_default=True,
               help="Skip pairs whose outputs all exist (resume an interrupted run).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+@click.option("--server", "servers", multiple=True, metavar="URL",
+              help="Send the work to 'bgm-deploy serve' servers (http://HOST:PORT or grpc://HOST:PORT; repeatable) "
+                   "instead of loading a model.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="With --server: requests in flight over all servers.")
+@click.option("--shared-memory/--no-shared-memory", default=False, show_default=True,
+              help="With --server on this machine: pass images through Triton's system shared memory.")
+@click.option("--server-model", default="bgm", show_default=True, help="With --server: the served model's name.")
 @click.pass_obj
 @handle_errors
 def matte(
@@ -236,6 +245,10 @@ def matte(
     overwrite: bool,
     skip_existing: bool,
     report_path: str | None,
+    servers: tuple[str, ...],
+    concurrency: int,
+    shared_memory: bool,
+    server_model: str,
 ) -> None:
     """Matte photos: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
     # deferred: the API loads torch (see the module docstring)
@@ -258,12 +271,70 @@ def matte(
     report = run_matte(
         src, bgr, output, model=model, checkpoint=checkpoint, provider=provider, allow_fallback=allow_fallback,
         options=options, progress=printer, report_path=report_path, status=printer.status, model_settings=settings,
+        servers=servers, server_options={"model_name": server_model, "concurrency": concurrency,
+                                         "shared_memory": shared_memory},
     )
     for path in report.unmatched_backgrounds:
         state.echo(f"unused background: {path}", err=True)
     click.echo(report.summary())
     if not report.ok:
         raise click.exceptions.Exit(1)
+
+
+@cli.command("serve")
+@click.argument("model", required=False, type=click.Path(dir_okay=False))
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Serve a PyTorch checkpoint instead.")
+@click.option("--name", default="bgm", show_default=True, help="Model name in request URLs.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address the ports bind to (0.0.0.0 exposes the server to the network).")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0: a free port.")
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=8001, show_default=True, help="0: a free port.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True,
+              help="Prometheus metrics (/metrics); 0: a free port.")
+@click.option("--max-batch-size", type=click.IntRange(1, 64), default=4, show_default=True)
+@click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
+              help="Merge concurrent requests of the same size into one batch.")
+@click.option("--queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="How long the batcher may hold a request to fill a batch.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Model instances (one process each).")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads per instance [runtime default].")
+@click.option("--outputs", default="pha,fgr", show_default=True, help="Served outputs: pha, fgr, com.")
+@click.option("--io-dtype", type=click.Choice(["uint8", "float32"]), default="uint8", show_default=True,
+              help="Image type on the wire (uint8: 4x less to send than float32).")
+@click.option("--max-pixels", type=click.IntRange(min=0), default=3840 * 2160, show_default=True,
+              help="Refuse larger images (W*H); 0: no limit.")
+@click.option("--pad/--no-pad", default=False, show_default=True,
+              help="Pad sizes that are not a multiple of 4 instead of refusing them (the client pads anyway).")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Keep the tritonserver log here.")
+@click.option("--repository", type=click.Path(file_okay=False), default=None,
+              help="Serve this Triton model repository (export --format triton --triton-backend python) instead of MODEL.")
+@click.pass_obj
+@handle_errors
+def serve_command(
+    state: Context, model: str | None, checkpoint: str | None, name: str, host: str, http_port: int, grpc_port: int,
+    metrics_port: int, max_batch_size: int, dynamic_batching: bool, queue_delay_us: int, instances: int,
+    threads: int | None, outputs: str, io_dtype: str, max_pixels: int, pad: bool, log_path: str | None,
+    repository: str | None,
+) -> None:
+    """Serve MODEL (or --checkpoint) on a Triton Inference Server until Ctrl-C/SIGTERM."""
+    # deferred: the API loads torch (see the module docstring)
+    from .serve import ServeConfig, serve
+    from .triton_repo import TritonModelOptions
+
+    options = TritonModelOptions(
+        name=name, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching, max_queue_delay_us=queue_delay_us,
+        instances=instances, threads=threads, outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()),
+        io_dtype=io_dtype, max_pixels=max_pixels, pad=pad,
+    )
+    config = ServeConfig(model=model, checkpoint=checkpoint, options=options, host=host, http_port=http_port,
+                         grpc_port=grpc_port, metrics_port=metrics_port, log_path=log_path, repository=repository)
+
+    def ready(server: Any) -> None:
+        click.echo(f"serving {repository or repr(name)}: {server.http_url} (HTTP), {server.grpc_url} (gRPC), {server.metrics_url}; "
+                   "Ctrl-C stops", err=True)
+
+    serve(config, progress=lambda message: state.echo(message, err=True), ready=ready)
 
 
 @cli.command()
@@ -290,11 +361,12 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 
 
 @cli.command("export")
-@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript", "tensorrt"]),
-              help="Output format (tensorrt: an engine; needs TensorRT and a GPU).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="Output file (written atomically).")
+@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript", "tensorrt", "triton"]),
+              help="Output format (tensorrt: an engine; needs TensorRT and a GPU; triton: a model repository folder).")
+@click.option("-o", "--output", required=True, type=click.Path(),
+              help="Output file (written atomically); --format triton: the model repository folder.")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
-              help="Replace an existing output file (by default an existing file is never replaced).")
+              help="Replace an existing output (by default an existing file is never replaced).")
 @click.option("--model-type", type=click.Choice(["refine", "base"]), default="refine", show_default=True)
 @click.option("--backbone", type=click.Choice(["mobilenetv2", "resnet50", "resnet101"]), default="mobilenetv2",
               show_default=True)
@@ -336,6 +408,18 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
               help="--format tensorrt: timing cache file (read and updated).")
 @click.option("--verify/--no-verify", "run_verify", default=False, show_default=True,
               help="Run 'bgm-deploy verify' (default cases, CPU) on the exported file; exit 1 if it fails.")
+@click.option("--triton-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime", show_default=True,
+              help="--format triton: Triton's onnxruntime backend, or the Python backend running bgm-deploy's predictor.")
+@click.option("--triton-name", default="bgm", show_default=True, help="--format triton: model name (its folder).")
+@click.option("--max-batch-size", type=click.IntRange(1, 64), default=4, show_default=True, help="--format triton.")
+@click.option("--queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
+              help="--format triton: dynamic batching queue delay.")
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="--format triton.")
+@click.option("--triton-device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+              help="--format triton: instance kind.")
+@click.option("--trt-accelerator/--no-trt-accelerator", default=False, show_default=True,
+              help="--format triton (onnxruntime, gpu): onnxruntime's TensorRT accelerator on the TensorRT-safe graph.")
+@click.option("--trt-fp16/--no-trt-fp16", default=True, show_default=True, help="With --trt-accelerator: FP16 engines.")
 @click.pass_obj
 @handle_errors
 def export_command(
@@ -344,14 +428,16 @@ def export_command(
     refine_kernel_size: str, prevent_oversampling: bool, crop_method: str | None, replace_method: str | None,
     precision: str, opset: int | None, exporter: str | None, simplify: bool, outputs: str | None, batch: int,
     resolution: str | None, target: str, json_path: str | None, from_onnx: str | None, engine_preset: str | None,
-    workspace_mib: int, timing_cache: str | None, run_verify: bool,
+    workspace_mib: int, timing_cache: str | None, run_verify: bool, triton_backend: str, triton_name: str,
+    max_batch_size: int, queue_delay_us: int, instances: int, triton_device: str, trt_accelerator: bool, trt_fp16: bool,
 ) -> None:
-    """Export a model to ONNX or TorchScript (with its config embedded as metadata)."""
+    """Export a model to ONNX, TorchScript, a TensorRT engine or a Triton model repository."""
     # deferred: the API loads torch
     from exporters.tensorrt import EngineConfig
 
     from .export import export as run_export
     from .export import export_engine
+    from .triton_repo import TritonModelOptions, export_triton, triton_export_outputs
     from .verify import format_table
 
     size = _parse_size(resolution, "--resolution")
@@ -362,7 +448,8 @@ def export_command(
         except ValueError:
             raise UsageError(f"--backbone-scale {backbone_scale!r} is not valid; use auto or a float in [0.01, 0.5]") from None
     names = tuple(name.strip() for name in outputs.split(",") if name.strip()) if outputs else None
-    onnx_format = fmt in ("onnx", "tensorrt")  # an engine is built from a TensorRT-safe ONNX export
+    # An engine is built from a TensorRT-safe ONNX export; a Triton repository holds an ONNX file.
+    onnx_format = fmt in ("onnx", "tensorrt", "triton")
     model_config = ModelConfig(
         model_type=model_type,
         backbone=backbone,
@@ -382,6 +469,17 @@ def export_command(
     ) if onnx_format else None
     script_config = TorchScriptConfig(precision=precision, outputs=names) if not onnx_format else None
     progress = lambda message: state.echo(message, err=True)  # noqa: E731
+    if fmt == "triton":
+        served, exported = triton_export_outputs(triton_backend, names)
+        triton_options = TritonModelOptions(
+            name=triton_name, max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us, instances=instances,
+            kind=triton_device, outputs=served, tensorrt=trt_accelerator, tensorrt_fp16=trt_fp16,
+        )
+        repo = export_triton(model_config, output, triton_options, flavour=triton_backend,
+                             onnx=dataclasses.replace(onnx_config, outputs=exported), checkpoint=checkpoint,
+                             overwrite=overwrite, progress=progress, json_path=json_path)
+        click.echo(f"{repo.model_dir}: {', '.join(repo.files)} ({repo.verified})")
+        return
     if fmt == "tensorrt":
         engine = EngineConfig(precision=precision, preset=engine_preset, workspace_mib=workspace_mib,
                               timing_cache=timing_cache)

@@ -8,9 +8,11 @@ from model.errors import (
     CheckpointError,
     ExportError,
     ImageError,
+    MissingExtraError,
     ModelFileError,
     RunnerError,
     RuntimeUnavailableError,
+    ServeError,
     UsageError,
 )
 
@@ -19,8 +21,10 @@ __all__ = [
     "CheckpointError",
     "ExportError",
     "ImageError",
+    "MissingExtraError",
     "ModelFileError",
     "RunnerError",
     "RuntimeUnavailableError",
+    "ServeError",
     "UsageError",
 ]

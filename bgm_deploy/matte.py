@@ -29,6 +29,7 @@ from model.config import ModelConfig, sample_pixels_note
 from model.errors import BgmDeployError, ImageError, UsageError
 
 from .align import align_background, import_cv2
+from .client import TritonMatteClient
 from .images import IMAGE_SUFFIXES, atomic_write_text, load_image, resize_rgb, save_image, to_uint8
 from .predictor import OUTPUT_CHOICES, Prediction, Predictor, config_from_checkpoint
 
@@ -243,6 +244,8 @@ def matte(
     predictor: Predictor | None = None,
     status: Callable[[str], None] | None = None,
     model_settings: dict[str, Any] | None = None,
+    servers: tuple[str, ...] = (),
+    server_options: dict[str, Any] | None = None,
 ) -> MatteReport:
     """Mattes every (source, background) pair and writes the outputs under ``output``.
 
@@ -257,10 +260,15 @@ def matte(
         options: see :class:`MatteOptions`.
         progress: called after each source with ``(result, done, total)``.
         report_path: also write the report as JSON there.
-        predictor: an already loaded predictor (then model/checkpoint/provider are ignored).
+        predictor: an already loaded predictor, or a :class:`bgm_deploy.client.TritonMatteClient`
+            (requests then run ``concurrency`` at a time); model/checkpoint/provider are ignored.
         status: called with a line before and after slow phases (loading the model).
         model_settings: with ``checkpoint``: ``backbone``, ``backbone_scale``, ``refine_*``
             overrides (None values ignored); an exported ``model`` carries its own.
+        servers: ``bgm-deploy serve`` URLs (``http://HOST:PORT``, ``grpc://HOST:PORT``): the work
+            goes to them through a :class:`bgm_deploy.client.TritonMatteClient` instead of a
+            local model; ``server_options`` are its keyword arguments (``model_name``,
+            ``concurrency``, ``shared_memory``).
 
     Returns:
         The report; ``report.ok`` is False if any source failed or had no background.
@@ -277,6 +285,12 @@ def matte(
                          "--checkpoint FILE (PyTorch weights)")
     check_matte_paths(src, bgr, output, model=model if predictor is None else None, report_path=report_path)
     settings = {key: value for key, value in (model_settings or {}).items() if value is not None}
+    if servers:
+        if model is not None or checkpoint is not None or predictor is not None:
+            raise UsageError("--server sends the work to running servers; drop --model/--checkpoint")
+        with TritonMatteClient(servers, padding=options.padding, **(server_options or {})) as client:
+            return matte(src, bgr, output, options=options, progress=progress, report_path=report_path,
+                         predictor=client, status=status)
     if model is not None and checkpoint is not None:
         raise UsageError("--model and --checkpoint are alternatives: an exported file, or PyTorch weights; pass one")
     if settings and (model is not None or checkpoint is None):
@@ -412,7 +426,7 @@ def _check_outputs_available(predictor: Predictor, options: MatteOptions) -> Non
         )
 
 
-Decoded = tuple[np.ndarray, np.ndarray, dict[str, Any] | None]
+Decoded = tuple[np.ndarray, np.ndarray, dict[str, Any] | None, Prediction | None]
 
 
 def _run_pipeline(
@@ -424,11 +438,15 @@ def _run_pipeline(
     progress: ProgressCallback | None,
     total: int,
 ) -> None:
-    """decode (threads) → predict (this thread) → encode (threads), each stage bounded."""
-    depth = 2 * options.workers  # items in flight per stage: enough to hide I/O, bounded memory
+    """decode (threads) → predict (this thread; a remote client: the decode threads) → encode
+    (threads), each stage bounded."""
+    # A remote predictor (matte --server) takes `concurrency` requests at once: it predicts in
+    # the decode threads; a local one predicts on this thread.
+    parallel = max(1, int(getattr(predictor, "concurrency", 1)))
+    depth = max(2 * options.workers, parallel)  # items in flight per stage: hides I/O, bounded memory
     # One background for every source (fixed camera): decode it once, shared read-only.
     shared = _SharedImage(todo[0].bgr) if todo and len({pair.bgr for pair in todo}) == 1 else None
-    decode_pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bgm-decode")
+    decode_pool = ThreadPoolExecutor(max(options.workers, parallel), thread_name_prefix="bgm-decode")
     encode_pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bgm-encode")
     decoding: deque[tuple[Pair, Future[Decoded]]] = deque()
     encoding: deque[tuple[PairResult, Future[list[str]]]] = deque()
@@ -453,7 +471,8 @@ def _run_pipeline(
             pair = next(pending, None)
             if pair is None:
                 return
-            decoding.append((pair, decode_pool.submit(_decode, pair, options, shared)))
+            remote = predictor if parallel > 1 else None
+            decoding.append((pair, decode_pool.submit(_decode, pair, options, shared, remote)))
 
     try:
         refill()
@@ -462,9 +481,10 @@ def _run_pipeline(
             refill()
             result = PairResult(str(pair.src), str(pair.bgr), "ok")
             try:
-                src_image, bgr_image, result.align = future.result()
+                src_image, bgr_image, result.align, prediction = future.result()
                 result.size = (src_image.shape[1], src_image.shape[0])
-                prediction = predictor.predict(src_image, bgr_image, options.outputs)
+                if prediction is None:
+                    prediction = predictor.predict(src_image, bgr_image, options.outputs)
                 result.seconds = prediction.seconds
             except BgmDeployError as exc:
                 result.status, result.error = "failed", str(exc)
@@ -496,7 +516,7 @@ class _SharedImage:
             return self._image
 
 
-def _decode(pair: Pair, options: MatteOptions, shared: _SharedImage | None) -> Decoded:
+def _decode(pair: Pair, options: MatteOptions, shared: _SharedImage | None, remote: Any = None) -> Decoded:
     src = load_image(pair.src)
     bgr = shared.get() if shared is not None else load_image(pair.bgr)
     if options.resize is not None:
@@ -512,7 +532,8 @@ def _decode(pair: Pair, options: MatteOptions, shared: _SharedImage | None) -> D
             f"size mismatch: src {pair.src} is {src.shape[1]}x{src.shape[0]} but bgr {pair.bgr} is "
             f"{bgr.shape[1]}x{bgr.shape[0]}; pass --resize WxH (both are resized) or --align"
         )
-    return src, bgr, align
+    prediction = remote.predict(src, bgr, options.outputs) if remote is not None else None
+    return src, bgr, align, prediction
 
 
 def _encode(prediction: Prediction, paths: dict[str, Path]) -> list[str]:

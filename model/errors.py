@@ -50,3 +50,13 @@ class ModelFileError(BgmDeployError):
 
 class ImageError(BgmDeployError):
     """An image could not be read, decoded or written."""
+
+
+class ServeError(BgmDeployError):
+    """A Triton server or model repository could not be set up, started or reached."""
+
+
+class MissingExtraError(BgmDeployError):
+    """An optional dependency is not installed (exit code 2); the message names the install command."""
+
+    exit_code = 2

@@ -64,15 +64,20 @@ def _local_project_imports() -> list[tuple[str, int, bool]]:
                     is_project = (isinstance(node, ast.ImportFrom) and (node.level > 0 or (node.module or "").split(".")[0] in PACKAGES)) or (
                         isinstance(node, ast.Import) and any(a.name.split(".")[0] in PACKAGES for a in node.names))
                     if is_project:
-                        above = lines[max(0, node.lineno - 6) : node.lineno]
+                        above = lines[function.lineno - 1 : node.lineno]  # from the def to the import
                         found.append((str(path.relative_to(REPO)), node.lineno, any("# deferred" in text for text in above)))
     return found
+
+
+# The CLI defers the torch-loading API (instant --help); the Python-backend model file is run
+# by Triton's stub, which can import bgm_deploy only after initialize() extends sys.path.
+DEFERRING_FILES = ("bgm_deploy/cli.py", "bgm_deploy/triton_model.py")
 
 
 def test_function_local_project_imports_only_defer_the_api_in_the_cli() -> None:
     found = _local_project_imports()
     assert found, "the CLI defers its API imports; the scan found none (is it still scanning?)"
-    stray = [(path, line) for path, line, _ in found if path != "bgm_deploy/cli.py"]
+    stray = [(path, line) for path, line, _ in found if path not in DEFERRING_FILES]
     assert not stray, f"project imports inside functions outside the CLI: {stray}"
     unmarked = [(path, line) for path, line, marked in found if not marked]
-    assert not unmarked, f"CLI imports inside commands without a '# deferred' comment: {unmarked}"
+    assert not unmarked, f"imports inside functions without a '# deferred' comment: {unmarked}"
