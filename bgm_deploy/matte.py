@@ -280,17 +280,18 @@ def matte(
     options = options or MatteOptions()
     output = Path(output)
     started = time.perf_counter()
+    if servers:
+        if model is not None or checkpoint is not None or predictor is not None:
+            raise UsageError("--server sends the work to running servers; drop --model/--checkpoint")
+        check_matte_paths(src, bgr, output, report_path=report_path)  # before connecting
+        with TritonMatteClient(servers, padding=options.padding, **(server_options or {})) as client:
+            return matte(src, bgr, output, options=options, progress=progress, report_path=report_path,
+                         predictor=client, status=status)
     if predictor is None and model is None and checkpoint is None and model_config is None:
         raise UsageError("no model to matte with: pass --model FILE (an exported .onnx/.pt/.engine) or "
                          "--checkpoint FILE (PyTorch weights)")
     check_matte_paths(src, bgr, output, model=model if predictor is None else None, report_path=report_path)
     settings = {key: value for key, value in (model_settings or {}).items() if value is not None}
-    if servers:
-        if model is not None or checkpoint is not None or predictor is not None:
-            raise UsageError("--server sends the work to running servers; drop --model/--checkpoint")
-        with TritonMatteClient(servers, padding=options.padding, **(server_options or {})) as client:
-            return matte(src, bgr, output, options=options, progress=progress, report_path=report_path,
-                         predictor=client, status=status)
     if model is not None and checkpoint is not None:
         raise UsageError("--model and --checkpoint are alternatives: an exported file, or PyTorch weights; pass one")
     if settings and (model is not None or checkpoint is None):

@@ -7,6 +7,7 @@ SIGTERM by the last test. Needs the ``serve`` extra; skipped without it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -22,7 +23,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-pytest.importorskip("pytriton", reason='needs the serve extra: pip install --no-deps -r requirements-serve.txt')
+if importlib.util.find_spec("pytriton") is None:  # only its wheel's tritonserver binary is used, never imported
+    pytest.skip("needs the serving packages: pip install --no-deps -r requirements-serve.txt", allow_module_level=True)
 tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
