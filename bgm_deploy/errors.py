@@ -56,3 +56,7 @@ class ParityError(BgmDeployError):
 
 class ImageError(BgmDeployError):
     """An image could not be read, decoded or written."""
+
+
+class VideoError(BgmDeployError):
+    """A video or image sequence could not be opened, decoded or written (exit code 1)."""
