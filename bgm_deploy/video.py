@@ -498,7 +498,7 @@ def iter_mattes(
 
 
 # -- the encode stage ---------------------------------------------------------------------------
-def _render(kind: str, prediction: Prediction, row: int, backdrop: np.ndarray | None) -> np.ndarray:
+def render_output(kind: str, prediction: Prediction, row: int, backdrop: np.ndarray | None) -> np.ndarray:
     """One output image, uint8, from the batch's prediction."""
     if kind == "pha":
         return to_uint8(prediction.pha[row])
@@ -537,7 +537,7 @@ class _Encoder(threading.Thread):
                 started = time.perf_counter()
                 for row, entry in enumerate(items):
                     backdrop = entry.backdrop if entry.backdrop is not None else self.colour
-                    self.writer.write(entry.frame, _render(self.kind, prediction, row, backdrop))
+                    self.writer.write(entry.frame, render_output(self.kind, prediction, row, backdrop))
                 self.times.encode[self.kind] += time.perf_counter() - started
             started = time.perf_counter()
             self.writer.flush()

@@ -440,7 +440,8 @@ class SequenceWriter:
         if self.has(frame):
             self.skipped += 1
             return
-        save_image(self.path_for(frame), image)
+        # zlib level 1: ~4x faster than level 6 for ~10% larger files; frames must keep up with the model.
+        save_image(self.path_for(frame), image, compress_level=1)
         self.written += 1
 
     def flush(self) -> None:
