@@ -3,7 +3,7 @@
 Writes ``benchmarks/results/video.json``; the numbers are copied into benchmarks/README.md
 ("Video matting"). One run, one clip, one model, so the ratios are taken within one run::
 
-    python -m benchmarks.video_bench                  # ~4-6 minutes on 2 cores
+    python -m benchmarks.video_bench                  # ~6-8 minutes on 2 cores
     python -m benchmarks.video_bench --frames 8 --rss-frames 12,4 --size 640x360 --out /tmp/v.json   # smoke
 
 What is measured, on an H.264 clip made from the bundled 1920x1080 pair by
@@ -24,6 +24,7 @@ import argparse
 import fractions
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -54,21 +55,34 @@ ENCODE_CASES = (("pha", "h264"), ("fgr", "h264"), ("com", "h264"), ("err", "h264
 SCHEMA_VERSION = 1
 
 _RSS_CHILD = """
-import json, resource, sys
+import json, os, resource, sys, threading
+import numpy as np
+from PIL import Image
 from bgm_deploy.predictor import Predictor
 from bgm_deploy.video import VideoOptions, matte_video
 clip, plate, model, out = sys.argv[1:5]
+page = os.sysconf("SC_PAGE_SIZE")
+def current_mib():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * page / 2**20
 with Predictor.load(model, runner_options={"threads": 2}) as predictor:
-    import av, numpy as np
-    from PIL import Image
-    size = Image.open(plate).size
-    frame = np.zeros((1, 3, size[1], size[0]), np.uint8)
-    predictor.predict(frame, frame, ("pha", "fgr"))  # the runtime's buffers allocated
-    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    width, height = Image.open(plate).size
+    frame = np.zeros((1, 3, height, width), np.uint8)
+    predictor.predict(frame, frame, ("pha", "fgr"))  # the runtime's buffers allocated before measuring
+    before = current_mib()
+    peak = [before]
+    done = threading.Event()
+    def sample():
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], current_mib())
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
     report = matte_video(clip, plate, out, predictor=predictor, options=VideoOptions(outputs=("pha", "fgr")))
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"frames": report.frames_matted, "peak_rss_mib": peak, "before_run_mib": baseline,
-                  "run_growth_mib": peak - baseline}))
+    done.set()
+    sampler.join()
+print(json.dumps({"frames": report.frames_matted, "rss_before_run_mib": before, "rss_peak_during_run_mib": peak[0],
+                  "run_growth_mib": peak[0] - before,
+                  "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
 
@@ -161,6 +175,12 @@ def encode_costs(predictor: Predictor, frames: list[np.ndarray], plate: np.ndarr
     return results
 
 
+def _ratios(row: dict[str, Any]) -> dict[str, float]:
+    model, pipe, seq = (row[mode]["fps"] for mode in ("model_only", "pipelined", "sequential"))
+    return {"pipelined_over_model_only": pipe / model, "sequential_over_model_only": seq / model,
+            "pipelined_over_sequential": pipe / seq}
+
+
 def _batch_of_one(prediction: Any) -> Any:
     for key in ("pha", "fgr", "err", "ref"):
         value = getattr(prediction, key)
@@ -179,14 +199,15 @@ def peak_rss(clips: dict[int, Path], plate_path: Path, model: Path, out: Path) -
             raise RuntimeError(f"RSS child failed: {completed.stderr[-2000:]}")
         results[str(frames)] = json.loads(completed.stdout.strip().splitlines()[-1])
         row = results[str(frames)]
-        print(f"  peak RSS {frames} frames: {row['peak_rss_mib']:.0f} MiB (+{row['run_growth_mib']:.0f} MiB during the run)",
-              file=sys.stderr)
+        print(f"  {frames} frames: RSS {row['rss_before_run_mib']:.0f} MiB before the run, peak "
+              f"{row['rss_peak_during_run_mib']:.0f} MiB during it", file=sys.stderr)
     return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=40, help="frames of the HD clip")
+    parser.add_argument("--frames", type=int, default=24, help="frames of the HD clip")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the three modes")
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--encode-frames", type=int, default=10)
     parser.add_argument("--rss-frames", default="300,30", help="long,short clip lengths for peak RSS")
@@ -210,23 +231,28 @@ def main() -> None:
                                                        ClipSpec(size=(rss_width, rss_height), frames=count))
         save_image(work / "rss_plate.png", rss_plate)
         frames = _decode_all(clip)
+        load_before = os.getloadavg()
+        rounds: list[dict[str, Any]] = []
         with Predictor.load(model, runner_options={"threads": 2}) as predictor:
-            print("model only ...", file=sys.stderr)
-            model_row = model_only(predictor, frames, plate)
-            print(f"  {model_row['fps']:.3f} fps", file=sys.stderr)
-            print("pipelined ...", file=sys.stderr)
-            pipe_row = pipelined(predictor, clip, plate_path, work / "pipe")
-            print(f"  {pipe_row['fps']:.3f} fps", file=sys.stderr)
-            print("sequential ...", file=sys.stderr)
-            seq_row = sequential(predictor, clip, plate, work)
-            print(f"  {seq_row['fps']:.3f} fps", file=sys.stderr)
+            # The three modes alternate, round after round, so that a change in the machine's
+            # load (it is shared) hits all of them alike; ratios are taken within each round.
+            for number in range(args.rounds):
+                row = {"model_only": model_only(predictor, frames, plate),
+                       "pipelined": pipelined(predictor, clip, plate_path, work / "pipe"),
+                       "sequential": sequential(predictor, clip, plate, work)}
+                row["ratios"] = _ratios(row)
+                rounds.append(row)
+                print(f"round {number + 1}: model-only {row['model_only']['fps']:.3f} fps, pipelined "
+                      f"{row['pipelined']['fps']:.3f} fps, sequential {row['sequential']['fps']:.3f} fps; "
+                      f"pipelined/model-only {row['ratios']['pipelined_over_model_only']:.3f}", file=sys.stderr)
             print("encode cost per output ...", file=sys.stderr)
             encode_rows = encode_costs(predictor, frames[: args.encode_frames], plate, work / "enc")
         del frames
+        load_after = os.getloadavg()
         print("peak RSS ...", file=sys.stderr)
         rss_rows = peak_rss(rss_clips, work / "rss_plate.png", model, work)
     long_count, short_count = (str(v) for v in args.rss_frames.split(","))
-    rss_ratio = rss_rows[long_count]["peak_rss_mib"] / rss_rows[short_count]["peak_rss_mib"]
+    rss_ratio = rss_rows[long_count]["rss_peak_during_run_mib"] / rss_rows[short_count]["rss_peak_during_run_mib"]
     result = {
         "schema_version": SCHEMA_VERSION,
         "machine": "2-core AMD EPYC, no GPU (shared with other jobs)",
@@ -235,14 +261,11 @@ def main() -> None:
         "ffmpeg": ".".join(map(str, av.ffmpeg_version_info)) if hasattr(av, "ffmpeg_version_info") else None,
         "clip": {"pair": PAIR, "size": [width, height], "frames": args.frames, "codec": "h264 crf 18 veryfast"},
         "model": {**MODEL.to_dict(), "format": "onnx", "runtime": "onnxruntime CPUExecutionProvider, 2 threads"},
-        "model_only": model_row,
-        "pipelined": pipe_row,
-        "sequential": seq_row,
-        "ratios": {
-            "pipelined_over_model_only": pipe_row["fps"] / model_row["fps"],
-            "sequential_over_model_only": seq_row["fps"] / model_row["fps"],
-            "pipelined_over_sequential": pipe_row["fps"] / seq_row["fps"],
-        },
+        "load_average_1_5_15": {"before": load_before, "after": load_after},
+        "rounds": rounds,
+        "median_fps": {mode: statistics.median(r[mode]["fps"] for r in rounds)
+                       for mode in ("model_only", "pipelined", "sequential")},
+        "ratios": {key: statistics.median(r["ratios"][key] for r in rounds) for key in rounds[0]["ratios"]},
         "target": {"pipelined_over_model_only": 0.85, "rss_long_over_short": 1.10},
         "encode_ms_per_frame": encode_rows,
         "peak_rss": {"size": [rss_width, rss_height], "runs": rss_rows, "long_over_short": rss_ratio},
