@@ -2,7 +2,7 @@
 
 Public API (each CLI command is a thin layer over one of these)::
 
-    from bgm_deploy import ModelConfig, export, verify, bench, matte, Predictor
+    from bgm_deploy import ModelConfig, export, verify, bench, matte, matte_video, Predictor
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from .export import export  # noqa: E402
 from .verify import VerifyConfig, verify  # noqa: E402
 from .bench import BenchConfig, bench  # noqa: E402
 from .matte import matte  # noqa: E402
+from .video import matte_video  # noqa: E402
 from .predictor import Predictor  # noqa: E402
 
 __all__ = [
@@ -28,5 +29,6 @@ __all__ = [
     "bench",
     "export",
     "matte",
+    "matte_video",
     "verify",
 ]

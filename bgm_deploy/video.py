@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from .align import align_background, import_cv2
 from .atomic import atomic_write_text
 from .config import ModelConfig
 from .errors import UsageError, VideoError
@@ -404,8 +405,6 @@ class _Decoder(threading.Thread):
             return bgr
         if self.options.align == "clip" and self._aligned is not None:
             return self._aligned
-        from .align import align_background  # needs OpenCV, an optional extra; checked before the run
-
         aligned, result = align_background(src, bgr)
         self.align_results.append(result.to_dict())
         if self.options.align == "clip":
@@ -595,9 +594,7 @@ def matte_video(
     started = time.perf_counter()
     import_av()
     if options.align != "off":
-        from .align import import_cv2  # OpenCV is an optional extra: fail before decoding
-
-        import_cv2()
+        import_cv2()  # OpenCV is an optional extra: fail before decoding
     source = open_source(src, options.rate, options.src_format, options.src_options)
     info = source.info
     report = VideoReport(str(src), str(bgr), str(output), {}, _options_dict(options), info.to_dict())
@@ -645,8 +642,12 @@ def matte_video(
                              VideoWriter(path, fmt, LAYOUTS[kind], info, options.crf, options.preset))
         _run(source, plate, backdrop, colour, predictor, writers, options, report, progress, started)
         finalize_started = time.perf_counter()
+        # Audio is remuxed from the file; a live source cannot be read a second time.
+        audio_from = source if options.audio and info.kind == "video" else None
+        if options.audio and info.kind == "live" and info.audio:
+            _warn(report, "the live source's audio is not carried over (only files' audio is remuxed)")
         for kind, writer in writers.items():
-            writer.finish(source if options.audio else None)
+            writer.finish(audio_from)
             if isinstance(writer, VideoWriter) and writer.audio_note:
                 report.warnings.append(writer.audio_note)
             report.outputs[kind] = str(writer.final_path)

@@ -472,8 +472,9 @@ class VideoWriter:
         os.close(handle)
         self.temp = Path(name)
         self._pieces: list[Path] = [self.temp]
-        self.container = av.open(str(self.temp), "w", format=fmt.container)
+        self.container = None
         try:
+            self.container = av.open(str(self.temp), "w", format=fmt.container)
             self.stream = self.container.add_stream(fmt.codec, rate=info.rate or DEFAULT_SEQUENCE_RATE)
             self.stream.width, self.stream.height = info.width, info.height
             self.stream.pix_fmt = fmt.pix_fmt(layout, info.size)
@@ -548,8 +549,9 @@ class VideoWriter:
         return target
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):  # already failing: closing a broken muxer may raise again
-            self.container.close()
+        if self.container is not None:
+            with contextlib.suppress(Exception):  # already failing: closing a broken muxer may raise again
+                self.container.close()
         self._cleanup()
 
     def _cleanup(self) -> None:

@@ -365,3 +365,12 @@ def test_without_pyav_one_line_names_the_extra(monkeypatch: pytest.MonkeyPatch, 
     with pytest.raises(RuntimeUnavailableError, match=r'pip install "bgm-deploy\[video\]"'):
         matte_video(clips["cfr"], clips["plate"], "unused", model_config=model_files.TEST_CONFIG)
     assert not Path("unused").exists()
+
+
+def test_align_once_per_clip_or_every_frame(clips: dict[str, Any], predictor: Predictor, tmp_path: Path) -> None:
+    pytest.importorskip("cv2")
+    for mode, fits in (("clip", 1), ("frame", 4)):
+        report = matte_video(clips["cfr"], clips["plate"], tmp_path / mode, predictor=predictor,
+                             options=VideoOptions(outputs=("pha",), formats={"pha": "png"}, align=mode, max_frames=4))
+        assert report.frames_matted == 4 and len(report.options["align_results"]) == fits
+        assert all("applied" in result for result in report.options["align_results"])
