@@ -25,6 +25,7 @@ import argparse
 import fractions
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -176,6 +177,41 @@ def encode_costs(predictor: Predictor, frames: list[np.ndarray], plate: np.ndarr
     return results
 
 
+class CpuMeter:
+    """This process's CPU seconds and the whole machine's busy CPU seconds over a block, from
+    ``getrusage`` and ``/proc/stat``: what the others sharing the machine took meanwhile."""
+
+    def __enter__(self) -> CpuMeter:
+        self._own, self._machine, self._wall = _own_cpu(), _machine_busy(), time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall = time.perf_counter() - self._wall
+        own, machine = _own_cpu() - self._own, _machine_busy() - self._machine
+        self.result = {"wall": wall, "own_cpu": own, "machine_busy_cpu": machine,
+                       "others_cpu_share": max(machine - own, 0.0) / (wall * (os.cpu_count() or 1))}
+
+
+def _own_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _machine_busy() -> float:
+    with open("/proc/stat") as handle:
+        fields = [int(v) for v in handle.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _measured(function: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    with CpuMeter() as meter:
+        row = function(*args, **kwargs)
+    row["cpu"] = meter.result
+    row["own_cpu_ms_per_frame"] = 1000 * meter.result["own_cpu"] / row["frames"]
+    return row
+
+
 def _ratios(row: dict[str, Any]) -> dict[str, float]:
     model, pipe, seq = (row[mode]["fps"] for mode in ("model_only", "pipelined", "sequential"))
     return {"pipelined_over_model_only": pipe / model, "sequential_over_model_only": seq / model,
@@ -208,8 +244,8 @@ def peak_rss(clips: dict[int, Path], plate_path: Path, model: Path, out: Path) -
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--frames", type=int, default=24, help="frames of the HD clip")
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of the three modes")
+    parser.add_argument("--frames", type=int, default=12, help="frames of the HD clip")
+    parser.add_argument("--rounds", type=int, default=6, help="alternating rounds of the modes")
     parser.add_argument("--size", default="1920x1080")
     parser.add_argument("--encode-frames", type=int, default=10)
     parser.add_argument("--rss-frames", default="300,30", help="long,short clip lengths for peak RSS")
@@ -239,15 +275,17 @@ def main() -> None:
             # The three modes alternate, round after round, so that a change in the machine's
             # load (it is shared) hits all of them alike; ratios are taken within each round.
             for number in range(args.rounds):
-                row = {"model_only": model_only(predictor, frames, plate),
-                       "pipelined": pipelined(predictor, clip, plate_path, work / "pipe"),
-                       "sequential": sequential(predictor, clip, plate, work),
-                       "pipelined_ultrafast": pipelined(predictor, clip, plate_path, work / "pipe", "ultrafast")}
+                row = {"model_only": _measured(model_only, predictor, frames, plate),
+                       "pipelined": _measured(pipelined, predictor, clip, plate_path, work / "pipe"),
+                       "sequential": _measured(sequential, predictor, clip, plate, work),
+                       "pipelined_ultrafast": _measured(pipelined, predictor, clip, plate_path, work / "pipe",
+                                                        "ultrafast")}
                 row["ratios"] = _ratios(row)
                 rounds.append(row)
-                print(f"round {number + 1}: model-only {row['model_only']['fps']:.3f} fps, pipelined "
-                      f"{row['pipelined']['fps']:.3f} fps, sequential {row['sequential']['fps']:.3f} fps; "
-                      f"pipelined/model-only {row['ratios']['pipelined_over_model_only']:.3f}", file=sys.stderr)
+                print(f"round {number + 1}: " + ", ".join(
+                    f"{mode} {row[mode]['fps']:.3f} fps (others {row[mode]['cpu']['others_cpu_share']:.0%})"
+                    for mode in ("model_only", "pipelined", "sequential", "pipelined_ultrafast"))
+                    + f"; pipelined/model-only {row['ratios']['pipelined_over_model_only']:.3f}", file=sys.stderr)
             print("encode cost per output ...", file=sys.stderr)
             encode_rows = encode_costs(predictor, frames[: args.encode_frames], plate, work / "enc")
         del frames
@@ -266,6 +304,10 @@ def main() -> None:
         "model": {**MODEL.to_dict(), "format": "onnx", "runtime": "onnxruntime CPUExecutionProvider, 2 threads"},
         "load_average_1_5_15": {"before": load_before, "after": load_after},
         "rounds": rounds,
+        "median_own_cpu_ms_per_frame": {mode: statistics.median(r[mode]["own_cpu_ms_per_frame"] for r in rounds)
+                                        for mode in ("model_only", "pipelined", "sequential", "pipelined_ultrafast")},
+        "median_others_cpu_share": {mode: statistics.median(r[mode]["cpu"]["others_cpu_share"] for r in rounds)
+                                    for mode in ("model_only", "pipelined", "sequential", "pipelined_ultrafast")},
         "median_fps": {mode: statistics.median(r[mode]["fps"] for r in rounds)
                        for mode in ("model_only", "pipelined", "sequential", "pipelined_ultrafast")},
         "ratios": {key: statistics.median(r["ratios"][key] for r in rounds) for key in rounds[0]["ratios"]},

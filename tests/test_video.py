@@ -374,3 +374,20 @@ def test_align_once_per_clip_or_every_frame(clips: dict[str, Any], predictor: Pr
                              options=VideoOptions(outputs=("pha",), formats={"pha": "png"}, align=mode, max_frames=4))
         assert report.frames_matted == 4 and len(report.options["align_results"]) == fits
         assert all("applied" in result for result in report.options["align_results"])
+
+
+def test_progress_bar_on_a_terminal_and_log_lines_otherwise() -> None:
+    from bgm_deploy.video import VideoProgress, VideoProgressPrinter
+
+    lines: list[tuple[str, dict[str, Any]]] = []
+    bar = VideoProgressPrinter(lambda text="", **kw: lines.append((text, kw)), tty=True)
+    bar(VideoProgress(5, 10, 2.0))
+    bar(VideoProgress(10, 10, 4.0))
+    assert lines[0][0].startswith("\r[###############") and "5/10 frames 2.50 fps ETA 00:02" in lines[0][0]
+    assert lines[-1] == ("", {"err": True})  # the finished bar ends its line
+    lines.clear()
+    log = VideoProgressPrinter(lambda text="", **kw: lines.append((text, kw)), tty=False, every=5.0)
+    for second in range(1, 12):
+        log(VideoProgress(second, None, float(second)))  # live: no total, no ETA
+    assert [text for text, _ in lines] == ["1 frames 1.00 fps ETA --:--", "6 frames 1.00 fps ETA --:--",
+                                           "11 frames 1.00 fps ETA --:--"]
