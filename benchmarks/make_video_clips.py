@@ -172,7 +172,8 @@ def write_clip(path: str | Path, frames: list[np.ndarray], spec: ClipSpec) -> Pa
     return path
 
 
-def make_clip(path: str | Path, pair: str | Path = DEFAULT_PAIR, spec: ClipSpec | None = None) -> tuple[Path, list[np.ndarray], np.ndarray]:
+def make_clip(path: str | Path, pair: str | Path = DEFAULT_PAIR,
+              spec: ClipSpec | None = None) -> tuple[Path, list[np.ndarray], np.ndarray]:
     """Renders and encodes one clip; returns its path, per-frame ground-truth alphas and the plate."""
     spec = spec or ClipSpec()
     frames, alphas, plate = render_frames(pair, spec)

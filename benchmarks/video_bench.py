@@ -41,7 +41,7 @@ from bgm_deploy.atomic import atomic_write_text
 from bgm_deploy.config import ModelConfig
 from bgm_deploy.environment import environment_info
 from bgm_deploy.export import export
-from bgm_deploy.images import save_image, to_uint8
+from bgm_deploy.images import save_image
 from bgm_deploy.predictor import Predictor
 from bgm_deploy.video import LAYOUTS, VideoOptions, matte_video, render_output
 from bgm_deploy.video_io import FORMATS, Frame, SequenceWriter, StreamInfo, VideoWriter, import_av
@@ -104,7 +104,8 @@ def model_only(predictor: Predictor, frames: list[np.ndarray], plate: np.ndarray
     return {"frames": len(frames), "seconds": seconds, "fps": len(frames) / seconds, "infer_seconds": infer}
 
 
-def pipelined(predictor: Predictor, clip: Path, plate_path: Path, out: Path, preset: str = "veryfast") -> dict[str, Any]:
+def pipelined(predictor: Predictor, clip: Path, plate_path: Path, out: Path,
+              preset: str = "veryfast") -> dict[str, Any]:
     report = matte_video(clip, plate_path, out, predictor=predictor,
                          options=VideoOptions(outputs=("pha", "fgr"), preset=preset, overwrite=True))
     data = report.to_dict()
@@ -299,7 +300,7 @@ def main() -> None:
         "machine": "2-core AMD EPYC, no GPU (shared with other jobs)",
         "environment": environment_info(),
         "pyav": av.__version__,
-        "ffmpeg": ".".join(map(str, av.ffmpeg_version_info)) if hasattr(av, "ffmpeg_version_info") else None,
+        "ffmpeg": str(getattr(av, "ffmpeg_version_info", "")) or None,
         "clip": {"pair": PAIR, "size": [width, height], "frames": args.frames, "codec": "h264 crf 18 veryfast"},
         "model": {**MODEL.to_dict(), "format": "onnx", "runtime": "onnxruntime CPUExecutionProvider, 2 threads"},
         "load_average_1_5_15": {"before": load_before, "after": load_after},

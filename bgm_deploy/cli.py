@@ -206,7 +206,8 @@ def _parse_size(value: str | None, option: str) -> tuple[int, int] | None:
               help="Video: h264, ffv1, prores, vp9, h264-nvenc or png, for all outputs or per output "
                    "(pha=ffv1,rgba=prores) [h264; rgba: png].")
 @click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="Video: quality of lossy formats.")
-@click.option("--preset", default="veryfast", show_default=True, help="Video: x264 preset.")
+@click.option("--preset", default=None, help="Video: x264 preset: ultrafast (default, least CPU), veryfast, ... "
+              "medium (smaller files).")
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Video: frames per model call.")
 @click.option("--backdrop", default=None, help="Video: what 'com' composites over: R,G,B, #rrggbb, an image or a "
               "video [120,255,155]. Video outputs: pha, fgr, com, rgba (alpha channel), err, ref.")
@@ -285,12 +286,13 @@ def _matte_video(state: Context, src: str, bgr: str, output: str, model: str | N
                  model_config: Any, provider: str, allow_fallback: bool, outputs: str, align: bool, overwrite: bool,
                  skip_existing: bool, padding: str, report_path: str | None, video: dict[str, Any]) -> None:
     """The video branch of ``matte``: options → VideoOptions → one ``matte_video`` call."""
-    from .video import DEFAULT_BACKDROP, VideoOptions, VideoProgressPrinter, matte_video, parse_formats
+    from .video import DEFAULT_BACKDROP, DEFAULT_PRESET, VideoOptions, VideoProgressPrinter, matte_video, parse_formats
 
     kinds = tuple(name.strip() for name in outputs.split(",") if name.strip())
     options = VideoOptions(
         outputs=kinds, formats=parse_formats(video["formats"], kinds),
-        crf=video["crf"], preset=video["preset"], batch=video["batch"], backdrop=video["backdrop"] or DEFAULT_BACKDROP,
+        crf=video["crf"], preset=video["preset"] or DEFAULT_PRESET, batch=video["batch"],
+        backdrop=video["backdrop"] or DEFAULT_BACKDROP,
         align=video["align_mode"] if align else "off", audio=video["audio"], rate=video["rate"],
         src_format=video["src_format"], max_frames=video["max_frames"], overwrite=overwrite,
         skip_existing=skip_existing, padding=padding,

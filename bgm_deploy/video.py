@@ -60,9 +60,12 @@ LAYOUTS = {"pha": "gray", "fgr": "rgb", "com": "rgb", "rgba": "rgba", "err": "gr
 # Predictor outputs each kind needs.
 NEEDS = {"pha": ("pha",), "fgr": ("fgr",), "com": ("pha", "fgr"), "rgba": ("pha", "fgr"), "err": ("err",),
          "ref": ("ref",)}
-# H.264 at preset veryfast costs ~21 ms per HD frame on 2 cores (the default preset ~54 ms),
-# well under the model's ~230 ms; ProRes 4444 (~283 ms) would be slower than the model, so
-# the alpha-carrying default is a PNG sequence.
+# On a 2-core CPU every stage shares the cores with the model, so encoding is not free even
+# when it overlaps: benchmarks/results/video.json measured the pipeline's extra CPU per HD frame
+# (decode + pha + fgr) at 131 ms with x264 "veryfast" (end to end 0.74x the model alone) and
+# 32 ms with "ultrafast" (0.97x), for files ~2-3x larger. Real time first: ultrafast by default.
+# ProRes 4444 costs more than the model itself, so the alpha-carrying default is a PNG sequence.
+DEFAULT_PRESET = "ultrafast"
 DEFAULT_FORMATS = {"pha": "h264", "fgr": "h264", "com": "h264", "rgba": "png", "err": "h264", "ref": "h264"}
 DEFAULT_BACKDROP = "120,255,155"  # the green the original project composites over
 ALIGN_MODES = ("off", "clip", "frame")
@@ -78,7 +81,8 @@ class VideoOptions:
         formats: per output, one of :data:`bgm_deploy.video_io.FORMATS` (``h264``, ``ffv1``,
             ``prores``, ``vp9``, ``h264-nvenc``, ``png``); unnamed ones use :data:`DEFAULT_FORMATS`.
         crf: quality of lossy formats (H.264 CRF; VP9 and NVENC are mapped from it).
-        preset: x264 preset (``veryfast`` keeps encoding well under the model's time).
+        preset: x264 preset: ``ultrafast`` (default: the cheapest, largest files), ``veryfast``,
+            ... ``medium`` (smaller files, more CPU taken from the model).
         batch: frames per predictor call.
         queue_size: batches waiting in each queue (bounds memory).
         backdrop: what ``com`` composites over: a colour ``R,G,B`` or ``#rrggbb``, an image, or
@@ -99,7 +103,7 @@ class VideoOptions:
     outputs: tuple[str, ...] = ("pha", "fgr")
     formats: dict[str, str] = field(default_factory=dict)
     crf: int = 18
-    preset: str = "veryfast"
+    preset: str = DEFAULT_PRESET
     batch: int = 1
     queue_size: int = 4
     backdrop: str = DEFAULT_BACKDROP
@@ -136,7 +140,8 @@ class VideoOptions:
         if self.max_frames is not None and self.max_frames < 1:
             raise UsageError(f"max_frames={self.max_frames!r} is not valid; it must be >= 1")
         if self.overwrite and self.skip_existing:
-            raise UsageError("overwrite and skip_existing exclude each other; pass one of --overwrite / --skip-existing")
+            raise UsageError("overwrite and skip_existing exclude each other; "
+                             "pass one of --overwrite / --skip-existing")
 
     def format_of(self, kind: str) -> str:
         return self.formats.get(kind, DEFAULT_FORMATS[kind])
@@ -613,14 +618,15 @@ def matte_video(
                 colour[:] = rgb
             else:
                 backdrop = _Plate(options.backdrop, info, "backdrop", options)
-        formats = {kind: check_format(kind, options.format_of(kind), LAYOUTS[kind], info.size) for kind in options.outputs}
+        formats = {kind: check_format(kind, options.format_of(kind), LAYOUTS[kind], info.size)
+                   for kind in options.outputs}
         report.formats = {kind: fmt.name for kind, fmt in formats.items()}
         todo = _plan_outputs(output, formats, options, report)
         if not todo:
             report.warnings.append("every output exists already (skip_existing): nothing to do")
             return report
-        odd = [kind for kind in todo if not formats[kind].is_sequence and formats[kind].pix_fmt(LAYOUTS[kind], info.size)
-               != formats[kind].pix_fmts[LAYOUTS[kind]]]
+        odd = [kind for kind in todo if not formats[kind].is_sequence
+               and formats[kind].pix_fmt(LAYOUTS[kind], info.size) != formats[kind].pix_fmts[LAYOUTS[kind]]]
         if odd:
             _warn(report, f"odd size {info.width}x{info.height}: {', '.join(odd)} encoded as 4:4:4 "
                           f"({formats[odd[0]].pix_fmt(LAYOUTS[odd[0]], info.size)}), which some players cannot show; "

@@ -141,8 +141,9 @@ class VideoSource:
             self.container = av.open(self.spec, format=fmt, options=open_options,
                                      timeout=(10.0, 10.0) if self.live else None)
         except av.error.EOFError:
+            streaming = " and check that the source is streaming" if self.live else ""
             raise VideoError(f"{self.spec} has no frames (it ends before any video data); give a clip with at "
-                             "least one frame" + (" and check that the source is streaming" if self.live else "")) from None
+                             f"least one frame{streaming}") from None
         except av.FFmpegError as exc:
             hint = ("check the URL/device and that it is streaming" if self.live else
                     "the file is truncated, corrupt or not a video; re-encode or re-download it")
@@ -177,7 +178,8 @@ class VideoSource:
             path=self.spec, kind="live" if self.live else "video", width=width, height=height,
             rate=fractions.Fraction(rate) if rate else None,
             time_base=fractions.Fraction(self.stream.time_base or fractions.Fraction(1, 90000)),
-            frames=None if self.live else 0 if self._first is None and self._first_error is None else (self.stream.frames or None),
+            frames=None if self.live else 0 if self._first is None and self._first_error is None
+            else (self.stream.frames or None),
             codec=context.name, pix_fmt=str(context.pix_fmt or ""), rotation=rotation,
             audio=self.audio_stream is not None, container=self.container.format.name,
         )

@@ -133,7 +133,8 @@ def test_video_outputs_keep_timestamps_audio_size_and_count(clips: dict[str, Any
     alpha = rgba.to_ndarray(format="rgba")[..., 3].astype(int)
     pha = decode(out / "pha.mp4")[5].to_ndarray(format="gray").astype(int)
     assert np.abs(alpha - pha).mean() < 3  # the same matte, through two lossy codecs
-    com, fgr = decode(out / "com.mp4")[5].to_ndarray(format="rgb24"), decode(out / "fgr.mp4")[5].to_ndarray(format="rgb24")
+    com = decode(out / "com.mp4")[5].to_ndarray(format="rgb24")
+    fgr = decode(out / "fgr.mp4")[5].to_ndarray(format="rgb24")
     background = alpha < 5
     assert abs(com[background].mean(axis=0) - np.array([120, 255, 155])).max() < 8  # the default backdrop
     assert np.abs(com.astype(int) - fgr).mean() > 10
