@@ -392,3 +392,27 @@ def test_progress_bar_on_a_terminal_and_log_lines_otherwise() -> None:
         log(VideoProgress(second, None, float(second)))  # live: no total, no ETA
     assert [text for text, _ in lines] == ["1 frames 1.00 fps ETA --:--", "6 frames 1.00 fps ETA --:--",
                                            "11 frames 1.00 fps ETA --:--"]
+
+
+def test_which_jobs_are_video_jobs(tmp_path: Path) -> None:
+    from bgm_deploy.video import is_video_job
+
+    assert is_video_job("clip.MOV") and is_video_job("rtsp://cam/stream") and is_video_job("/dev/video0")
+    assert is_video_job("frames/", sequence=True) and is_video_job("0", src_format="v4l2")
+    assert is_video_job("photo.jpg", "plate.mp4")  # a background video makes it footage
+    assert not is_video_job("photos/", "plate.jpg") and not is_video_job("shot.jpg", "plate.jpg")
+
+
+def test_cli_image_sequence(tmp_path: Path, onnx_model: Path) -> None:
+    frames, _, plate = render_frames("astronaut_coffee_640x480", ClipSpec(frames=3))
+    (tmp_path / "frames").mkdir()
+    for index, frame in enumerate(frames):
+        Image.fromarray(frame).save(tmp_path / "frames" / f"f{index:03d}.jpg")
+    Image.fromarray(plate).save(tmp_path / "plate.png")
+    code, output = _cli("--src", str(tmp_path / "frames"), "--sequence", "--rate", "24", "--bgr",
+                        str(tmp_path / "plate.png"), "-o", str(tmp_path / "out"), "--model", str(onnx_model),
+                        "--outputs", "pha,rgba")
+    assert code == 0, output
+    assert sorted(p.name for p in (tmp_path / "out" / "rgba").iterdir()) == ["f000.png", "f001.png", "f002.png"]
+    with av.open(str(tmp_path / "out" / "pha.mp4")) as container:
+        assert container.streams.video[0].average_rate == 24 and container.streams.video[0].frames == 3
