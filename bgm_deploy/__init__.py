@@ -2,7 +2,7 @@
 
 Public API (each CLI command is a thin layer over one of these)::
 
-    from bgm_deploy import ModelConfig, export, verify, bench, matte, Predictor
+    from bgm_deploy import ModelConfig, export, verify, bench, matte, matte_video, Predictor
 
 The names are resolved on first use (PEP 562): importing the package, or its CLI for
 ``--help``/``--version``, must not import torch (several seconds).
@@ -26,6 +26,7 @@ _EXPORTS = {
     "auto_backbone_scale": ".config",
     "export": ".export",
     "matte": ".matte",
+    "matte_video": ".video",
     "Predictor": ".predictor",
     "VerifyConfig": ".verify",
     "verify": ".verify",
@@ -42,6 +43,7 @@ __all__ = [
     "bench",
     "export",
     "matte",
+    "matte_video",
     "verify",
 ]
 
@@ -54,6 +56,7 @@ if TYPE_CHECKING:
     from .matte import matte
     from .predictor import Predictor
     from .verify import VerifyConfig, verify
+    from .video import matte_video
 
 
 class _Package(types.ModuleType):

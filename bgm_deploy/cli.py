@@ -184,7 +184,9 @@ def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int,
 
 
 @cli.command()
-@click.option("--src", required=True, type=click.Path(exists=True), help="Source image or directory (recursive).")
+@click.option("--src", required=True, type=click.Path(),
+              help="Source image or directory (recursive); or a video file, a folder of numbered frames (with "
+                   "--sequence), a URL or a device (with --src-format): see docs/video.md.")
 @click.option("--bgr", required=True, type=click.Path(exists=True),
               help="Background image (for all sources) or directory matched by relative path.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output root: OUT/<type>/<path>.")
@@ -220,6 +222,24 @@ def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int,
 @click.option("--shared-memory/--no-shared-memory", default=False, show_default=True,
               help="With --server on this machine: pass images through Triton's system shared memory.")
 @click.option("--server-model", default="bgm", show_default=True, help="With --server: the served model's name.")
+@click.option("--sequence/--no-sequence", default=False, show_default=True,
+              help="Video: treat the --src folder as numbered frames of one clip (video and PNG-sequence outputs).")
+@click.option("--format", "formats", default=None, metavar="[KIND=]FORMAT,...",
+              help="Video: h264, ffv1, prores, vp9, h264-nvenc or png, for all outputs or per output "
+                   "(pha=ffv1,rgba=prores) [h264; rgba: png].")
+@click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="Video: quality of lossy formats.")
+@click.option("--preset", default=None, help="Video: x264 preset: ultrafast (default, least CPU), veryfast, ... "
+              "medium (smaller files).")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Video: frames per model call.")
+@click.option("--backdrop", default=None, help="Video: what 'com' composites over: R,G,B, #rrggbb, an image or a "
+              "video [120,255,155]. Video outputs: pha, fgr, com, rgba (alpha channel), err, ref.")
+@click.option("--align-mode", type=click.Choice(["clip", "frame"]), default="clip", show_default=True,
+              help="Video with --align: one homography for the clip, or one per frame (slower).")
+@click.option("--audio/--no-audio", default=True, show_default=True, help="Video: carry the source's audio over.")
+@click.option("--rate", type=float, default=None, help="Video: frames per second of an image sequence [30].")
+@click.option("--src-format", default=None, help="Video: FFmpeg input format of a live device (v4l2, avfoundation, "
+              "dshow, ...).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Video: stop after this many frames.")
 @click.pass_obj
 @handle_errors
 def matte(
@@ -249,12 +269,22 @@ def matte(
     concurrency: int,
     shared_memory: bool,
     server_model: str,
+    **video: Any,
 ) -> None:
-    """Matte photos: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
+    """Matte photos or footage: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
     # deferred: the API loads torch (see the module docstring)
-    from .matte import MatteOptions, ProgressPrinter
+    from .matte import MatteOptions, ProgressPrinter, model_config_for
     from .matte import matte as run_matte
+    from .video import is_video_job
 
+    settings = {"backbone": backbone, "backbone_scale": backbone_scale, "refine_mode": refine_mode,
+                "refine_sample_pixels": refine_sample_pixels, "refine_threshold": refine_threshold}
+    if is_video_job(src, bgr, video["sequence"], video["src_format"]):
+        if servers:
+            raise UsageError("--server applies to photo folders; a video job runs a local model (--model/--checkpoint)")
+        _matte_video(state, src, bgr, output, model, checkpoint, model_config_for(model, checkpoint, settings), provider,
+                     allow_fallback, outputs, align, overwrite, skip_existing, padding, report_path, video)
+        return
     options = MatteOptions(
         outputs=tuple(name.strip() for name in outputs.split(",") if name.strip()),
         fgr_format=fgr_format,
@@ -265,8 +295,6 @@ def matte(
         skip_existing=skip_existing,
         padding=padding,
     )
-    settings = {"backbone": backbone, "backbone_scale": backbone_scale, "refine_mode": refine_mode,
-                "refine_sample_pixels": refine_sample_pixels, "refine_threshold": refine_threshold}
     printer = ProgressPrinter(click.echo, quiet=state.quiet)
     report = run_matte(
         src, bgr, output, model=model, checkpoint=checkpoint, provider=provider, allow_fallback=allow_fallback,
@@ -335,6 +363,34 @@ def serve_command(
                    "Ctrl-C stops", err=True)
 
     serve(config, progress=lambda message: state.echo(message, err=True), ready=ready)
+
+
+def _matte_video(state: Context, src: str, bgr: str, output: str, model: str | None, checkpoint: str | None,
+                 model_config: Any, provider: str, allow_fallback: bool, outputs: str, align: bool, overwrite: bool,
+                 skip_existing: bool, padding: str, report_path: str | None, video: dict[str, Any]) -> None:
+    """The video branch of ``matte``: options → VideoOptions → one ``matte_video`` call."""
+    # deferred: the API loads torch (see the module docstring)
+    from .video import DEFAULT_BACKDROP, DEFAULT_PRESET, VideoOptions, VideoProgressPrinter, matte_video, parse_formats
+
+    kinds = tuple(name.strip() for name in outputs.split(",") if name.strip())
+    options = VideoOptions(
+        outputs=kinds, formats=parse_formats(video["formats"], kinds),
+        crf=video["crf"], preset=video["preset"] or DEFAULT_PRESET, batch=video["batch"],
+        backdrop=video["backdrop"] or DEFAULT_BACKDROP,
+        align=video["align_mode"] if align else "off", audio=video["audio"], rate=video["rate"],
+        src_format=video["src_format"], max_frames=video["max_frames"], overwrite=overwrite,
+        skip_existing=skip_existing, padding=padding,
+    )
+    printer = VideoProgressPrinter(click.echo, quiet=state.quiet)
+    try:
+        report = matte_video(src, bgr, output, model=model, checkpoint=checkpoint, model_config=model_config,
+                             provider=provider, allow_fallback=allow_fallback, options=options, progress=printer,
+                             report_path=report_path)
+    finally:
+        printer.close()
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    click.echo(report.summary())
 
 
 @cli.command()

@@ -14,6 +14,7 @@ from model.errors import (
     RuntimeUnavailableError,
     ServeError,
     UsageError,
+    VideoError,
 )
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "RuntimeUnavailableError",
     "ServeError",
     "UsageError",
+    "VideoError",
 ]

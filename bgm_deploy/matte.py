@@ -291,16 +291,9 @@ def matte(
         raise UsageError("no model to matte with: pass --model FILE (an exported .onnx/.pt/.engine) or "
                          "--checkpoint FILE (PyTorch weights)")
     check_matte_paths(src, bgr, output, model=model if predictor is None else None, report_path=report_path)
-    settings = {key: value for key, value in (model_settings or {}).items() if value is not None}
-    if model is not None and checkpoint is not None:
-        raise UsageError("--model and --checkpoint are alternatives: an exported file, or PyTorch weights; pass one")
-    if settings and (model is not None or checkpoint is None):
-        raise UsageError("--model carries its own settings; --backbone/--backbone-scale/--refine-* apply only with "
-                         "--checkpoint")
     if checkpoint is not None and model_config is None:
-        say_status = status or (lambda _message: None)
-        say_status(f"reading {checkpoint} ...")
-        model_config = config_from_checkpoint(checkpoint, **settings)
+        (status or (lambda _message: None))(f"reading {checkpoint} ...")
+    model_config = model_config_for(model, checkpoint, model_settings) or model_config
     plan = find_pairs(src, bgr)
     if options.align:
         import_cv2()  # fail before loading the model, with the install hint
@@ -358,6 +351,21 @@ def _warn_sample_pixels(predictor: Predictor, first: Pair, options: MatteOptions
     note = sample_pixels_note(config.refine_sample_pixels, width, height)
     if note:
         say(f"warning: {note} (first image {first.src})")
+
+
+def model_config_for(
+    model: str | Path | None, checkpoint: str | Path | None, settings: dict[str, Any] | None
+) -> ModelConfig | None:
+    """The model config a matte job runs with a ``checkpoint`` (its architecture plus the
+    ``settings`` overrides, None values ignored); None for an exported ``model``, which
+    carries its own settings (overrides are then an error)."""
+    given = {key: value for key, value in (settings or {}).items() if value is not None}
+    if model is not None and checkpoint is not None:
+        raise UsageError("--model and --checkpoint are alternatives: an exported file, or PyTorch weights; pass one")
+    if given and checkpoint is None:
+        raise UsageError("--model carries its own settings; --backbone/--backbone-scale/--refine-* apply only with "
+                         "--checkpoint")
+    return config_from_checkpoint(checkpoint, **given) if checkpoint is not None else None
 
 
 def check_matte_paths(

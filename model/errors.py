@@ -60,3 +60,7 @@ class MissingExtraError(BgmDeployError):
     """An optional dependency is not installed (exit code 2); the message names the install command."""
 
     exit_code = 2
+
+
+class VideoError(BgmDeployError):
+    """A video or image sequence could not be opened, decoded or written (exit code 1)."""
