@@ -18,13 +18,13 @@ def _requirements() -> list[Requirement]:
     return [Requirement(text) for text in [*project["dependencies"], *project["optional-dependencies"]["test"]]]
 
 
-def _pins() -> dict[str, str]:
+def _pins(name: str = "constraints.txt") -> dict[str, str]:
     pins = {}
-    for line in (REPO / "constraints.txt").read_text().splitlines():
+    for line in (REPO / name).read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             name, _, version = line.partition("==")
-            assert version, f"constraints.txt: {line!r} is not an exact pin (name==version)"
+            assert version, f"{name}: {line!r} is not an exact pin (name==version)"
             pins[_normal(name)] = version
     return pins
 
@@ -67,7 +67,7 @@ def test_readme_lists_the_pinned_versions() -> None:
     section = readme.split("## Dependencies", 1)[1].split("\n## ", 1)[0]
     listed = re.findall(r"([A-Za-z][A-Za-z0-9_.-]+) (\d+(?:\.\d+)+)", section)
     assert len(listed) >= 10, listed
-    pins = _pins()
+    pins = {**_pins(), **_pins("requirements-serve.txt")}
     for name, version in listed:
         if _normal(name) in pins:
-            assert pins[_normal(name)] == version, f"README says {name} {version}, constraints.txt pins {pins[_normal(name)]}"
+            assert pins[_normal(name)] == version, f"README says {name} {version}, the pins say {pins[_normal(name)]}"
