@@ -129,7 +129,7 @@ class MattingRefine(MattingBase):
         """Raises ``ValueError`` naming the first setting that is not valid."""
         problem = refine_settings_error(
             self.backbone_scale, self.refine_mode, self.refine_sample_pixels, self.refine_threshold,
-            self.refiner.kernel_size, self.refine_patch_crop_method, self.refine_patch_replace_method,
+            self.refiner.kernel_size, self.refine_patch_crop_method, self.refine_patch_replace_method, naming="argument",
         )
         if problem:
             raise ValueError(problem)

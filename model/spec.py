@@ -43,10 +43,17 @@ def refine_settings_error(
     refine_kernel_size: int,
     refine_patch_crop_method: str,
     refine_patch_replace_method: str,
+    naming: str = "option",
 ) -> str | None:
-    """The message naming the first refine setting that is not valid, or None. Settings are
-    named as the CLI options that set them (``--backbone-scale``), so a message reads the
-    same from Python and from the command line."""
+    """The message naming the first refine setting that is not valid, or None.
+
+    ``naming="option"`` names settings as the CLI options that set them (``--backbone-scale
+    0.6``: ModelConfig, whose messages reach the command line); ``"argument"`` as the
+    model's constructor arguments (``backbone_scale=0.6``: MattingRefine)."""
+
+    def named(name: str, value: object) -> str:
+        return f"--{name.replace('_', '-')} {value!r}" if naming == "option" else f"{name}={value!r}"
+
     choices = (
         ("refine_mode", refine_mode, REFINE_MODES),
         ("refine_kernel_size", refine_kernel_size, KERNEL_SIZES),
@@ -55,13 +62,14 @@ def refine_settings_error(
     )
     for name, value, valid in choices:
         if value not in valid:
-            return f"--{name.replace('_', '-')} {value!r} is not valid; valid: {', '.join(map(str, valid))}"
+            return f"{named(name, value)} is not valid; valid: {', '.join(map(str, valid))}"
     low, high = BACKBONE_SCALE_RANGE
     if not low <= backbone_scale <= high:
-        return f"--backbone-scale {backbone_scale!r} is not valid; it must be in [{low}, {high}]"
+        return f"{named('backbone_scale', backbone_scale)} is not valid; it must be in [{low}, {high}]"
     if not MIN_SAMPLE_PIXELS <= refine_sample_pixels <= MAX_SAMPLE_PIXELS:
-        return f"--refine-sample-pixels {refine_sample_pixels!r} is not valid; it must be in {MIN_SAMPLE_PIXELS}..{MAX_SAMPLE_PIXELS}"
+        return (f"{named('refine_sample_pixels', refine_sample_pixels)} is not valid; "
+                f"it must be in {MIN_SAMPLE_PIXELS}..{MAX_SAMPLE_PIXELS}")
     low, high = THRESHOLD_RANGE
     if not low <= refine_threshold <= high:
-        return f"--refine-threshold {refine_threshold!r} is not valid; it must be in [{low}, {high}]"
+        return f"{named('refine_threshold', refine_threshold)} is not valid; it must be in [{low}, {high}]"
     return None
