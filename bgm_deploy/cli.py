@@ -211,6 +211,8 @@ def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int,
 @click.option("--skip-existing/--no-skip-existing", default=False, show_default=True,
               help="Skip pairs whose outputs all exist (resume an interrupted run).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
 @click.pass_obj
 @handle_errors
 def matte(
@@ -236,6 +238,7 @@ def matte(
     overwrite: bool,
     skip_existing: bool,
     report_path: str | None,
+    config_file: str | None,
 ) -> None:
     """Matte photos: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
     # deferred: the API loads torch (see the module docstring)
@@ -258,6 +261,7 @@ def matte(
     report = run_matte(
         src, bgr, output, model=model, checkpoint=checkpoint, provider=provider, allow_fallback=allow_fallback,
         options=options, progress=printer, report_path=report_path, status=printer.status, model_settings=settings,
+        config_file=config_file,
     )
     for path in report.unmatched_backgrounds:
         state.echo(f"unused background: {path}", err=True)
@@ -408,13 +412,15 @@ def export_command(
 @cli.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
 @handle_errors
-def inspect_command(model: str, as_json: bool) -> None:
+def inspect_command(model: str, as_json: bool, config_file: str | None) -> None:
     """Print an exported MODEL's metadata, inputs/outputs, op histogram and size."""
     # deferred: the API loads torch (see the module docstring)
     from .inspect import inspect_model
 
-    info = inspect_model(model)
+    info = inspect_model(model, config_file)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -474,12 +480,14 @@ def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--save-diff", type=click.Path(file_okay=False), default=None,
               help="Write |Δpha| / |Δfgr| PNG heatmaps of failing cases here.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
 @click.pass_obj
 @handle_errors
 def verify_command(
     state: Context, model: str, checkpoint: str | None, provider: str, allow_fallback: bool, resolutions: tuple[str, ...],
     batch: int, pairs_dir: str | None, inputs: str, atol: str | None, rtol: str | None, seed: int,
-    json_path: str | None, save_diff: str | None,
+    json_path: str | None, save_diff: str | None, config_file: str | None,
 ) -> None:
     """Check an exported model against its PyTorch reference (exit 0 pass, 1 parity failure, 2 usage)."""
     # deferred: the API loads torch (see the module docstring)
@@ -493,6 +501,7 @@ def verify_command(
         inputs=tuple(kind.strip() for kind in inputs.split(",") if kind.strip()), pairs_dir=pairs_dir,
         atol=atol_map, rtol=rtol_map, default_atol=default_atol, default_rtol=default_rtol, checkpoint=checkpoint,
         save_diff=save_diff, seed=seed, allow_fallback=allow_fallback, json_path=json_path,
+        config_file=config_file,
     )
     report = verify(model, config, progress=lambda message: state.echo(message, err=True))
     click.echo(format_table(report))

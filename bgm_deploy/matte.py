@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.paths import check_output_dir, check_output_file, looks_like_checkpoint
+from exporters.paths import check_input_file, check_output_dir, check_output_file, looks_like_checkpoint
 from model.config import ModelConfig, sample_pixels_note
 from model.errors import BgmDeployError, ImageError, UsageError
 
@@ -243,6 +243,7 @@ def matte(
     predictor: Predictor | None = None,
     status: Callable[[str], None] | None = None,
     model_settings: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
 ) -> MatteReport:
     """Mattes every (source, background) pair and writes the outputs under ``output``.
 
@@ -261,6 +262,8 @@ def matte(
         status: called with a line before and after slow phases (loading the model).
         model_settings: with ``checkpoint``: ``backbone``, ``backbone_scale``, ``refine_*``
             overrides (None values ignored); an exported ``model`` carries its own.
+        config_file: with ``model``: its metadata JSON (``--config``, the ``<file>.bgm.json``
+            export wrote), for a file whose embedded metadata a graph tool stripped.
 
     Returns:
         The report; ``report.ok`` is False if any source failed or had no background.
@@ -282,6 +285,10 @@ def matte(
     if settings and (model is not None or checkpoint is None):
         raise UsageError("--model carries its own settings; --backbone/--backbone-scale/--refine-* apply only with "
                          "--checkpoint")
+    if config_file is not None:
+        if model is None:
+            raise UsageError("--config is the metadata of an exported --model file; pass --model FILE with it")
+        check_input_file(config_file, "--config")
     if checkpoint is not None and model_config is None:
         say_status = status or (lambda _message: None)
         say_status(f"reading {checkpoint} ...")
@@ -297,7 +304,7 @@ def matte(
         loading = time.perf_counter()
         predictor = Predictor.load(
             model, checkpoint=checkpoint, model_config=model_config, provider=provider,
-            allow_fallback=allow_fallback, padding=options.padding,
+            allow_fallback=allow_fallback, padding=options.padding, config_file=config_file,
         )
         say(f"model loaded in {time.perf_counter() - loading:.1f} s; matting {len(todo)} pair(s)")
         _warn_sample_pixels(predictor, todo[0], options, say)

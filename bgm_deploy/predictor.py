@@ -98,6 +98,7 @@ class Predictor:
         allow_fallback: bool = False,
         padding: str = "replicate",
         runner_options: dict[str, Any] | None = None,
+        config_file: str | Path | None = None,
     ) -> Predictor:
         """Loads a model and activates its runner.
 
@@ -116,6 +117,8 @@ class Predictor:
             padding: ``"replicate"`` or ``"reflect"``, for sizes not divisible by 4.
             runner_options: extra runner keyword arguments (``threads``, ``trt_fp16``,
                 ``cache_dir``, ``device_id``, ...).
+            config_file: with ``path``: its metadata JSON (the ``<file>.bgm.json`` export wrote),
+                read before the file's own, for a file a graph tool stripped (``--config``).
 
         Raises:
             UsageError, ModelFileError, CheckpointError, RuntimeUnavailableError.
@@ -143,7 +146,7 @@ class Predictor:
 
             fmt = detect_format(path)
             try:
-                config: ModelConfig = read_metadata(path).model_config
+                config: ModelConfig = read_metadata(path, config_file).model_config
             except ModelFileError:
                 if model_config is None:
                     raise

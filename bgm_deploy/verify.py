@@ -61,6 +61,8 @@ class VerifyConfig:
         seed: seed of the random inputs.
         allow_fallback: run on what loaded (loud warning) when the provider is not usable.
         json_path: also write the JSON report there (checked before the run, written atomically).
+        config_file: the model's metadata JSON (the ``<file>.bgm.json`` export wrote) for a file
+            whose embedded metadata a tool stripped; read before the file's own (``--config``).
     """
 
     provider: str = "cpu"
@@ -77,6 +79,7 @@ class VerifyConfig:
     seed: int = 0
     allow_fallback: bool = False
     json_path: str | None = None
+    config_file: str | None = None
 
     def __post_init__(self) -> None:
         for width, height in self.resolutions:
@@ -569,7 +572,7 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
         raise UsageError(f"--pairs {config.pairs_dir} is not a directory of <name>/src.jpg + bgr.jpg pairs")
     if config.checkpoint is not None:
         check_input_file(config.checkpoint, "--checkpoint")
-    metadata = read_metadata(path)
+    metadata = read_metadata(path, config.config_file)
     model_config = metadata.model_config
     available = tuple(metadata.export.get("outputs") or ())
     unknown = sorted((set(config.atol) | set(config.rtol)) - set(available)) if available else []

@@ -1,0 +1,103 @@
+"""Our files in other people's tools (issue 14): Polygraphy, OpenVINO, bare libtorch loads.
+
+The tools run for real (optional extras of the ``test`` install); a test is skipped with
+the reason only when its tool cannot be imported. Small models (160x128 trace) exported
+once per module.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from bgm_deploy import export
+from bgm_deploy.cli import cli
+from bgm_deploy.inspect import inspect_model
+from bgm_deploy.predictor import Predictor
+from bgm_deploy.verify import VerifyConfig, verify
+from exporters.config import OnnxConfig
+from exporters.metadata import METADATA_KEY, read_metadata, sidecar_config_path
+from model.config import ModelConfig
+from model.errors import ModelFileError
+
+CONFIG = ModelConfig(refine_sample_pixels=4_000)
+SIZE = (160, 128)
+SMALL_VERIFY = VerifyConfig(resolutions=(SIZE,), batch=2, inputs=("random",))
+
+
+def polygraphy(*args: str) -> None:
+    """Runs the real ``polygraphy`` command installed next to this interpreter."""
+    pytest.importorskip("polygraphy", reason="polygraphy is not installed (pip install polygraphy)")
+    pytest.importorskip("onnx_graphsurgeon", reason="polygraphy surgeon needs onnx-graphsurgeon")
+    command = shutil.which("polygraphy", path=str(Path(sys.executable).parent)) or shutil.which("polygraphy")
+    if command is None:
+        pytest.skip("the polygraphy command is not on PATH")
+    done = subprocess.run([command, *args], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def legacy_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("legacy") / "legacy.onnx"
+    export(CONFIG, path, "onnx", resolution=SIZE)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sanitized(legacy_onnx: Path) -> Path:
+    """``polygraphy surgeon sanitize --fold-constants``: rewrites the graph, drops metadata_props."""
+    out = legacy_onnx.with_name("sanitized.onnx")
+    polygraphy("surgeon", "sanitize", str(legacy_onnx), "--fold-constants", "-o", str(out))
+    return out
+
+
+# --- finding 4: the config survives a tool that strips the file's metadata ------------------
+
+
+def test_export_writes_the_config_sidecar(legacy_onnx: Path) -> None:
+    sidecar = sidecar_config_path(legacy_onnx)
+    assert sidecar.name == "legacy.onnx.bgm.json"
+    embedded = {p.key: p.value for p in onnx.load(str(legacy_onnx), load_external_data=False).metadata_props}
+    assert json.loads(sidecar.read_text()) == json.loads(embedded[METADATA_KEY])
+    assert not [p for p in legacy_onnx.parent.iterdir() if ".bgm-deploy-tmp-" in p.name]  # written atomically
+
+
+def test_sanitized_file_needs_the_config_and_verifies_with_it(legacy_onnx: Path, sanitized: Path) -> None:
+    props = {p.key for p in onnx.load(str(sanitized), load_external_data=False).metadata_props}
+    assert METADATA_KEY not in props  # what the tool does: the reason for the sidecar
+    with pytest.raises(ModelFileError, match="--config"):
+        read_metadata(sanitized)
+    sidecar = str(sidecar_config_path(legacy_onnx))
+    result = CliRunner().invoke(
+        cli, ["verify", str(sanitized), "--config", sidecar, "--inputs", "random", "--resolution", "160x128"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "verdict: PASS" in result.output
+    info = inspect_model(sanitized, sidecar)
+    assert info["metadata"]["model_config"] == read_metadata(legacy_onnx).model_config.to_dict()
+    src = np.random.default_rng(0).random((128, 160, 3), dtype=np.float32)
+    with Predictor.load(sanitized, config_file=sidecar) as predictor:
+        assert predictor.predict(src, src * 0.9, outputs=("pha",)).pha.shape == (128, 160)
+
+
+def test_sidecar_next_to_a_stripped_file_is_found(legacy_onnx: Path, sanitized: Path, tmp_path: Path) -> None:
+    stripped = tmp_path / "model.onnx"
+    shutil.copy(sanitized, stripped)
+    shutil.copy(sidecar_config_path(legacy_onnx), sidecar_config_path(stripped))
+    assert read_metadata(stripped) == read_metadata(legacy_onnx)  # read order: embedded, then sidecar
+    result = CliRunner().invoke(cli, ["inspect", str(stripped)])
+    assert result.exit_code == 0 and "refine_sample_pixels" in result.output
+
+
+def test_a_missing_config_file_is_one_clear_error(sanitized: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["inspect", str(sanitized), "--config", str(tmp_path / "nope.json")])
+    assert result.exit_code != 0 and "--config" in result.output and "does not exist" in result.output
+    assert "Traceback" not in result.output
