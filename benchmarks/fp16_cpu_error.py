@@ -35,7 +35,7 @@ def _frames() -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``(name, src, bgr)`` NCHW float32, height and width cropped to multiples of 4."""
     frames = []
     for folder in sorted(p for p in BUNDLED_PAIRS_DIR.iterdir() if p.is_dir()):
-        src, bgr = load_image(folder / "src.jpg"), load_image(folder / "bgr.jpg")
+        src, bgr = (load_image(folder / name).astype(np.float32) / 255.0 for name in ("src.jpg", "bgr.jpg"))
         height, width = src.shape[0] // 4 * 4, src.shape[1] // 4 * 4
         frames.append((folder.name, *(x[:height, :width].transpose(2, 0, 1)[None].copy() for x in (src, bgr))))
     rng = np.random.default_rng(0)
