@@ -101,3 +101,19 @@ def test_a_missing_config_file_is_one_clear_error(sanitized: Path, tmp_path: Pat
     result = CliRunner().invoke(cli, ["inspect", str(sanitized), "--config", str(tmp_path / "nope.json")])
     assert result.exit_code != 0 and "--config" in result.output and "does not exist" in result.output
     assert "Traceback" not in result.output
+
+
+# --- finding 6: the docs' claims agree with what was measured and with the CLI -------------
+
+
+def test_export_docs_match_the_measurement_and_the_cli() -> None:
+    repo = Path(__file__).resolve().parents[1]
+    text = " ".join((repo / "docs" / "export.md").read_text().split())
+    assert "`--verify` is not part of `export`" not in text
+    assert "--verify" in CliRunner().invoke(cli, ["export", "--help"]).output
+    measured = json.loads((repo / "benchmarks" / "results" / "fp16_cpu_error.json").read_text())
+    assert measured["command"] in text
+    means = [case["pha_sm"]["mean_abs"] for case in measured["cases"]]
+    maxes = [case["pha_sm"]["max_abs"] for case in measured["cases"]]
+    claim = f"`pha_sm` is off by {min(means):.1e}–{max(means):.1e} mean, {min(maxes):.1e}–{max(maxes):.1e} max"
+    assert claim.replace("e-0", "e-") in text
