@@ -102,7 +102,7 @@ def info(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("models", nargs=-1, type=click.Path(dir_okay=False), metavar="[MODEL ...]")
-@click.option("--backend", "backends", multiple=True, help="Comma-separated: eager, torchscript, onnx-cpu, onnx-cuda, "
+@click.option("--backend", "backends", multiple=True, help="Comma-separated: eager, torchscript, onnx-cpu, openvino-cpu, onnx-cuda, "
               "onnx-tensorrt, tensorrt. Default: every backend usable here (others reported as skipped).")
 @click.option("--backbone", "backbones", multiple=True, help="Comma-separated backbones of the default model [mobilenetv2].")
 @click.option("--resolution", "resolutions", multiple=True, help="hd, 4k or WxH; repeatable or comma-separated [hd].")
@@ -213,6 +213,8 @@ def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int,
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default=None,
+              help="Run an ONNX --model with this runtime [onnxruntime]; openvino runs at f32.")
 @click.pass_obj
 @handle_errors
 def matte(
@@ -239,6 +241,7 @@ def matte(
     skip_existing: bool,
     report_path: str | None,
     config_file: str | None,
+    runtime: str | None,
 ) -> None:
     """Matte photos: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
     # deferred: the API loads torch (see the module docstring)
@@ -261,7 +264,7 @@ def matte(
     report = run_matte(
         src, bgr, output, model=model, checkpoint=checkpoint, provider=provider, allow_fallback=allow_fallback,
         options=options, progress=printer, report_path=report_path, status=printer.status, model_settings=settings,
-        config_file=config_file,
+        config_file=config_file, runtime=runtime,
     )
     for path in report.unmatched_backgrounds:
         state.echo(f"unused background: {path}", err=True)
@@ -482,12 +485,17 @@ def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict
               help="Write |Δpha| / |Δfgr| PNG heatmaps of failing cases here.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default=None,
+              help="Run an ONNX file with this runtime [onnxruntime]; openvino: pip install \"bgm-deploy[openvino]\".")
+@click.option("--openvino-precision", type=click.Choice(["f32", "bf16", "f16", "default"]), default="f32",
+              show_default=True, help="OpenVINO inference precision; default = OpenVINO's own (bf16 on AVX512-BF16/AMX CPUs).")
 @click.pass_obj
 @handle_errors
 def verify_command(
     state: Context, model: str, checkpoint: str | None, provider: str, allow_fallback: bool, resolutions: tuple[str, ...],
     batch: int, pairs_dir: str | None, inputs: str, atol: str | None, rtol: str | None, seed: int,
-    json_path: str | None, save_diff: str | None, config_file: str | None,
+    json_path: str | None, save_diff: str | None, config_file: str | None, runtime: str | None,
+    openvino_precision: str,
 ) -> None:
     """Check an exported model against its PyTorch reference (exit 0 pass, 1 parity failure, 2 usage)."""
     # deferred: the API loads torch (see the module docstring)
@@ -501,7 +509,7 @@ def verify_command(
         inputs=tuple(kind.strip() for kind in inputs.split(",") if kind.strip()), pairs_dir=pairs_dir,
         atol=atol_map, rtol=rtol_map, default_atol=default_atol, default_rtol=default_rtol, checkpoint=checkpoint,
         save_diff=save_diff, seed=seed, allow_fallback=allow_fallback, json_path=json_path,
-        config_file=config_file,
+        config_file=config_file, runtime=runtime, openvino_precision=openvino_precision,
     )
     report = verify(model, config, progress=lambda message: state.echo(message, err=True))
     click.echo(format_table(report))

@@ -244,6 +244,7 @@ def matte(
     status: Callable[[str], None] | None = None,
     model_settings: dict[str, Any] | None = None,
     config_file: str | Path | None = None,
+    runtime: str | None = None,
 ) -> MatteReport:
     """Mattes every (source, background) pair and writes the outputs under ``output``.
 
@@ -264,6 +265,7 @@ def matte(
             overrides (None values ignored); an exported ``model`` carries its own.
         config_file: with ``model``: its metadata JSON (``--config``, the ``<file>.bgm.json``
             export wrote), for a file whose embedded metadata a graph tool stripped.
+        runtime: ``"openvino"`` runs an ONNX ``model`` with OpenVINO (f32) instead of onnxruntime.
 
     Returns:
         The report; ``report.ok`` is False if any source failed or had no background.
@@ -285,6 +287,8 @@ def matte(
     if settings and (model is not None or checkpoint is None):
         raise UsageError("--model carries its own settings; --backbone/--backbone-scale/--refine-* apply only with "
                          "--checkpoint")
+    if runtime is not None and model is None:
+        raise UsageError(f"--runtime {runtime} runs an exported ONNX --model file; pass --model FILE.onnx with it")
     if config_file is not None:
         if model is None:
             raise UsageError("--config is the metadata of an exported --model file; pass --model FILE with it")
@@ -305,6 +309,7 @@ def matte(
         predictor = Predictor.load(
             model, checkpoint=checkpoint, model_config=model_config, provider=provider,
             allow_fallback=allow_fallback, padding=options.padding, config_file=config_file,
+            runner=runtime,
         )
         say(f"model loaded in {time.perf_counter() - loading:.1f} s; matting {len(todo)} pair(s)")
         _warn_sample_pixels(predictor, todo[0], options, say)

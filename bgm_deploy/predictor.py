@@ -153,7 +153,7 @@ class Predictor:
                 config = model_config
                 if fmt == "torchscript":
                     extra.setdefault("model_type", config.model_type)
-            name, opts = options_for(fmt, provider, allow_fallback)
+            name, opts = options_for(fmt, provider, allow_fallback, "openvino" if runner == "openvino" else None)
             opts = {"path": str(path), **opts}
             source = str(path)
         else:

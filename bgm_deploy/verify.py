@@ -61,6 +61,10 @@ class VerifyConfig:
         seed: seed of the random inputs.
         allow_fallback: run on what loaded (loud warning) when the provider is not usable.
         json_path: also write the JSON report there (checked before the run, written atomically).
+        runtime: run the file with this runner instead of the format's default (``"openvino"``
+            for ONNX, CPU); None: onnxruntime / TorchScript / TensorRT by format.
+        openvino_precision: OpenVINO's inference precision hint (``f32`` keeps mattes right;
+            ``default`` is OpenVINO's own choice, bf16 on CPUs with AVX512-BF16/AMX).
         config_file: the model's metadata JSON (the ``<file>.bgm.json`` export wrote) for a file
             whose embedded metadata a tool stripped; read before the file's own (``--config``).
     """
@@ -80,6 +84,8 @@ class VerifyConfig:
     allow_fallback: bool = False
     json_path: str | None = None
     config_file: str | None = None
+    runtime: str | None = None
+    openvino_precision: str = "f32"
 
     def __post_init__(self) -> None:
         for width, height in self.resolutions:
@@ -589,7 +595,9 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
             f"{path} was exported from a checkpoint (sha256 {model_config.checkpoint_sha256[:12]}…); "
             "pass the same file with --checkpoint"
         )
-    runner_name, options = runner_options(metadata.format, config.provider, config.allow_fallback)
+    runner_name, options = runner_options(metadata.format, config.provider, config.allow_fallback, config.runtime)
+    if runner_name == "openvino":
+        options["precision"] = config.openvino_precision
     say(f"reference: PyTorch eager float32, {model_config.backbone} {model_config.model_type}, weights {model_config.weights_label}")
     reference = create_runner("pytorch", model_config=model_config, checkpoint=config.checkpoint)
     runner = create_runner(runner_name, path=path, **options)

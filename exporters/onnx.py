@@ -150,7 +150,18 @@ def _rename_dims(proto: Any, names: tuple[str, ...]) -> None:
                 dim.dim_param = axis
 
 
+# The model's doc_string: what a user who opens the file in another tool should know first.
+ONNX_DOC_STRING = (
+    "BackgroundMattingV2 exported by bgm-deploy (config: metadata_props 'bgm_deploy', and the sidecar "
+    "<file>.bgm.json). Run it at float32 inference precision: reduced precision ruins the refined patches "
+    "(patch selection and coordinates). OpenVINO: compile_model(..., {'INFERENCE_PRECISION_HINT': 'f32'}) - "
+    "its CPU default is bf16 on CPUs with AVX512-BF16/AMX, and then alpha is off by up to 1.0. "
+    "Check any runtime with: bgm-deploy verify FILE (--runtime openvino)."
+)
+
+
 def _set_metadata(proto: Any, metadata: ExportMetadata) -> None:
+    proto.doc_string = ONNX_DOC_STRING
     for prop in list(proto.metadata_props):
         if prop.key == METADATA_KEY:
             proto.metadata_props.remove(prop)

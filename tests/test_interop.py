@@ -7,6 +7,7 @@ once per module.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -19,11 +20,13 @@ import pytest
 from click.testing import CliRunner
 
 from bgm_deploy import export
+from bgm_deploy.bench import BenchConfig, bench
+from bgm_deploy.bench.harness import TimingConfig
+from bgm_deploy.images import BUNDLED_PAIRS_DIR as PAIRS_DIR
 from bgm_deploy.cli import cli
 from bgm_deploy.inspect import inspect_model
 from bgm_deploy.predictor import Predictor
 from bgm_deploy.verify import VerifyConfig, verify
-from exporters.config import OnnxConfig
 from exporters.metadata import METADATA_KEY, read_metadata, sidecar_config_path
 from model.config import ModelConfig
 from model.errors import ModelFileError
@@ -117,3 +120,66 @@ def test_export_docs_match_the_measurement_and_the_cli() -> None:
     maxes = [case["pha_sm"]["max_abs"] for case in measured["cases"]]
     claim = f"`pha_sm` is off by {min(means):.1e}–{max(means):.1e} mean, {min(maxes):.1e}–{max(maxes):.1e} max"
     assert claim.replace("e-0", "e-") in text
+
+
+# --- finding 1: OpenVINO as a runtime, at a precision that keeps mattes right ---------------
+
+
+def _openvino() -> object:
+    return pytest.importorskip("openvino", reason='openvino is not installed (pip install "bgm-deploy[openvino]")')
+
+
+def test_openvino_verify_passes_at_f32(legacy_onnx: Path) -> None:
+    _openvino()
+    report = verify(legacy_onnx, dataclasses.replace(SMALL_VERIFY, runtime="openvino"))
+    assert report.passed and report.provider == "openvino:CPU/f32"
+
+
+def test_openvino_reduced_precision_fails_verify(legacy_onnx: Path) -> None:
+    """OpenVINO's default on CPUs with native bf16 ruins the mattes; verify must say FAIL.
+
+    ``"default"`` (no hint: what a user opening the file by hand gets) is checked where this
+    CPU's default is bf16; an explicit bf16 hint where the plugin can do bf16 at all.
+    """
+    from runtimes.openvino import cpu_precision_facts
+
+    facts = cpu_precision_facts()
+    if "BF16" not in facts["optimization_capabilities"]:
+        pytest.skip(f"this CPU has no bf16 in OpenVINO ({facts}); its default is f32, nothing to fail here")
+    bf16 = verify(legacy_onnx, dataclasses.replace(SMALL_VERIFY, runtime="openvino", openvino_precision="bf16"))
+    assert not bf16.passed and bf16.provider == "openvino:CPU/bf16"
+    if "bf16" in facts["default_inference_precision"] or "bfloat16" in facts["default_inference_precision"]:
+        default = verify(legacy_onnx, dataclasses.replace(SMALL_VERIFY, runtime="openvino", openvino_precision="default"))
+        assert not default.passed and default.provider == "openvino:CPU/bf16"
+    result = CliRunner().invoke(
+        cli, ["verify", str(legacy_onnx), "--runtime", "openvino", "--openvino-precision", "bf16",
+              "--inputs", "random", "--resolution", "160x128"],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "verdict: FAIL" in result.output
+
+
+def test_openvino_in_predictor_matte_and_bench(legacy_onnx: Path, tmp_path: Path) -> None:
+    _openvino()
+    rng = np.random.default_rng(1)
+    src = rng.random((128, 160, 3), dtype=np.float32)
+    bgr = np.clip(src + rng.normal(0, 0.05, src.shape).astype(np.float32), 0, 1)
+    with Predictor.load(legacy_onnx, runner="openvino") as ov, Predictor.load(legacy_onnx) as ort:
+        assert ov.provider == "openvino:CPU/f32"
+        got, want = ov.predict(src, bgr, outputs=("pha", "fgr")), ort.predict(src, bgr, outputs=("pha", "fgr"))
+        np.testing.assert_allclose(got.pha, want.pha, atol=1e-4)
+        np.testing.assert_allclose(got.fgr, want.fgr, atol=1e-4)
+    pair = next(p for p in sorted(PAIRS_DIR.iterdir()) if p.is_dir())
+    result = CliRunner().invoke(cli, ["matte", "--src", str(pair / "src.jpg"), "--bgr", str(pair / "bgr.jpg"),
+                                      "-o", str(tmp_path / "out"), "--model", str(legacy_onnx), "--runtime", "openvino",
+                                      "--resize", "160x128"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out" / "pha" / "src.png").is_file()
+    report = bench(BenchConfig(models=(legacy_onnx,), backends=("onnx-cpu", "openvino-cpu"), resolutions=(SIZE,),
+                               timing=TimingConfig(warmup=0, iterations=1), count_flops=False))  # fmt: skip
+    rows = {row.backend: row for row in report.results}
+    assert rows["openvino-cpu"].provider == "openvino:CPU/f32" and "onnx-cpu" in rows
+
+
+def test_onnx_file_documents_the_precision_it_needs(legacy_onnx: Path) -> None:
+    doc = onnx.load(str(legacy_onnx), load_external_data=False).doc_string
+    assert "INFERENCE_PRECISION_HINT': 'f32'" in doc and "bf16" in doc
