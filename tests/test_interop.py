@@ -27,6 +27,7 @@ from bgm_deploy.cli import cli
 from bgm_deploy.inspect import inspect_model
 from bgm_deploy.predictor import Predictor
 from bgm_deploy.verify import VerifyConfig, verify
+from exporters.config import OnnxConfig
 from exporters.metadata import METADATA_KEY, read_metadata, sidecar_config_path
 from model.config import ModelConfig
 from model.errors import ModelFileError
@@ -183,3 +184,59 @@ def test_openvino_in_predictor_matte_and_bench(legacy_onnx: Path, tmp_path: Path
 def test_onnx_file_documents_the_precision_it_needs(legacy_onnx: Path) -> None:
     doc = onnx.load(str(legacy_onnx), load_external_data=False).doc_string
     assert "INFERENCE_PRECISION_HINT': 'f32'" in doc and "bf16" in doc
+
+
+# --- finding 3: exports survive the common graph tools --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dynamo_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("dynamo") / "dynamo.onnx"
+    export(CONFIG, path, "onnx", onnx=OnnxConfig(exporter="dynamo"), resolution=SIZE)
+    return path
+
+
+def _run_onnx(path: Path, batch: int = 2) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(5)
+    src = rng.random((batch, 3, 256, 320), dtype=np.float32)
+    bgr = np.clip(src + rng.normal(0, 0.05, src.shape).astype(np.float32), 0, 1)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run(None, {"src": src, "bgr": bgr})
+
+
+def _assert_same_outputs(got: list[np.ndarray], want: list[np.ndarray]) -> None:
+    assert len(got) == len(want)
+    for a, b in zip(got, want):
+        assert a.shape == b.shape
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_polygraphy_constant_folding_keeps_the_graph_working(
+    exporter: str, legacy_onnx: Path, dynamo_onnx: Path, tmp_path: Path
+) -> None:
+    # Before: the dynamo file failed in Resize ("Scale value should be greater than 0").
+    source = {"legacy": legacy_onnx, "dynamo": dynamo_onnx}[exporter]
+    folded = tmp_path / "folded.onnx"
+    polygraphy("surgeon", "sanitize", str(source), "--fold-constants", "-o", str(folded))
+    _assert_same_outputs(_run_onnx(folded), _run_onnx(source))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_symbolic_shape_inference_and_onnxsim_again(
+    exporter: str, legacy_onnx: Path, dynamo_onnx: Path, tmp_path: Path
+) -> None:
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    onnxsim = pytest.importorskip("onnxsim", reason="onnxsim is not installed")
+    source = {"legacy": legacy_onnx, "dynamo": dynamo_onnx}[exporter]
+    want = _run_onnx(source)
+    inferred = SymbolicShapeInference.infer_shapes(onnx.load(str(source)), auto_merge=True)
+    onnx.save(inferred, str(tmp_path / "inferred.onnx"))
+    _assert_same_outputs(_run_onnx(tmp_path / "inferred.onnx"), want)
+    simplified, ok = onnxsim.simplify(onnx.load(str(source)), check_n=0)
+    assert ok
+    onnx.save(simplified, str(tmp_path / "simplified.onnx"))
+    _assert_same_outputs(_run_onnx(tmp_path / "simplified.onnx"), want)
