@@ -487,15 +487,15 @@ def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict
               help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
 @click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default=None,
               help="Run an ONNX file with this runtime [onnxruntime]; openvino: pip install \"bgm-deploy[openvino]\".")
-@click.option("--openvino-precision", type=click.Choice(["f32", "bf16", "f16", "default"]), default="f32",
-              show_default=True, help="OpenVINO inference precision; default = OpenVINO's own (bf16 on AVX512-BF16/AMX CPUs).")
+@click.option("--openvino-precision", type=click.Choice(["f32", "bf16", "f16", "default"]), default=None,
+              help="OpenVINO inference precision [f32]; default = OpenVINO's own (bf16 on AVX512-BF16/AMX CPUs).")
 @click.pass_obj
 @handle_errors
 def verify_command(
     state: Context, model: str, checkpoint: str | None, provider: str, allow_fallback: bool, resolutions: tuple[str, ...],
     batch: int, pairs_dir: str | None, inputs: str, atol: str | None, rtol: str | None, seed: int,
     json_path: str | None, save_diff: str | None, config_file: str | None, runtime: str | None,
-    openvino_precision: str,
+    openvino_precision: str | None,
 ) -> None:
     """Check an exported model against its PyTorch reference (exit 0 pass, 1 parity failure, 2 usage)."""
     # deferred: the API loads torch (see the module docstring)

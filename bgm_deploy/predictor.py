@@ -111,7 +111,9 @@ class Predictor:
                 the file carries no metadata (e.g. the original release's TorchScript files).
             provider: ``"cpu"``, ``"cuda"`` or ``"tensorrt"``.
             runner: a registered runner name to use instead of the one chosen from the file
-                format, or an already created runner (then ``path`` etc. are ignored).
+                format (``"openvino"`` runs an ONNX file in OpenVINO at f32; its precision via
+                ``runner_options={"precision": ...}``), or an already created runner (then
+                ``path`` etc. are ignored).
             allow_fallback: when the requested provider is not usable, warn loudly and run on
                 what is, instead of raising ``RuntimeUnavailableError``.
             padding: ``"replicate"`` or ``"reflect"``, for sizes not divisible by 4.

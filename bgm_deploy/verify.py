@@ -63,8 +63,9 @@ class VerifyConfig:
         json_path: also write the JSON report there (checked before the run, written atomically).
         runtime: run the file with this runner instead of the format's default (``"openvino"``
             for ONNX, CPU); None: onnxruntime / TorchScript / TensorRT by format.
-        openvino_precision: OpenVINO's inference precision hint (``f32`` keeps mattes right;
-            ``default`` is OpenVINO's own choice, bf16 on CPUs with AVX512-BF16/AMX).
+        openvino_precision: OpenVINO's inference precision hint; None: the runner's ``f32``
+            (keeps mattes right); ``default`` is OpenVINO's own choice (bf16 on CPUs with
+            AVX512-BF16/AMX), ``bf16``/``f16`` ask for those. Only with ``runtime="openvino"``.
         config_file: the model's metadata JSON (the ``<file>.bgm.json`` export wrote) for a file
             whose embedded metadata a tool stripped; read before the file's own (``--config``).
     """
@@ -85,7 +86,7 @@ class VerifyConfig:
     json_path: str | None = None
     config_file: str | None = None
     runtime: str | None = None
-    openvino_precision: str = "f32"
+    openvino_precision: str | None = None
 
     def __post_init__(self) -> None:
         for width, height in self.resolutions:
@@ -596,7 +597,9 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
             "pass the same file with --checkpoint"
         )
     runner_name, options = runner_options(metadata.format, config.provider, config.allow_fallback, config.runtime)
-    if runner_name == "openvino":
+    if config.openvino_precision is not None:
+        if runner_name != "openvino":
+            raise UsageError(f"--openvino-precision {config.openvino_precision} applies to --runtime openvino only")
         options["precision"] = config.openvino_precision
     say(f"reference: PyTorch eager float32, {model_config.backbone} {model_config.model_type}, weights {model_config.weights_label}")
     reference = create_runner("pytorch", model_config=model_config, checkpoint=config.checkpoint)
