@@ -103,7 +103,7 @@ def info(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("models", nargs=-1, type=click.Path(dir_okay=False), metavar="[MODEL ...]")
-@click.option("--backend", "backends", multiple=True, help="Comma-separated: eager, torchscript, onnx-cpu, onnx-cuda, "
+@click.option("--backend", "backends", multiple=True, help="Comma-separated: eager, torchscript, onnx-cpu, openvino-cpu, onnx-cuda, "
               "onnx-tensorrt, tensorrt. Default: every backend usable here (others reported as skipped).")
 @click.option("--backbone", "backbones", multiple=True, help="Comma-separated backbones of the default model [mobilenetv2].")
 @click.option("--resolution", "resolutions", multiple=True, help="hd, 4k or WxH; repeatable or comma-separated [hd].")
@@ -240,6 +240,10 @@ def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int,
 @click.option("--src-format", default=None, help="Video: FFmpeg input format of a live device (v4l2, avfoundation, "
               "dshow, ...).")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Video: stop after this many frames.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default=None,
+              help="Run an ONNX --model with this runtime [onnxruntime]; openvino runs at f32.")
 @click.pass_obj
 @handle_errors
 def matte(
@@ -269,6 +273,8 @@ def matte(
     concurrency: int,
     shared_memory: bool,
     server_model: str,
+    config_file: str | None,
+    runtime: str | None,
     **video: Any,
 ) -> None:
     """Matte photos or footage: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
@@ -301,6 +307,7 @@ def matte(
         options=options, progress=printer, report_path=report_path, status=printer.status, model_settings=settings,
         servers=servers, server_options={"model_name": server_model, "concurrency": concurrency,
                                          "shared_memory": shared_memory},
+        config_file=config_file, runtime=runtime,
     )
     for path in report.unmatched_backgrounds:
         state.echo(f"unused background: {path}", err=True)
@@ -562,13 +569,15 @@ def export_command(
 @cli.command("inspect")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
 @handle_errors
-def inspect_command(model: str, as_json: bool) -> None:
+def inspect_command(model: str, as_json: bool, config_file: str | None) -> None:
     """Print an exported MODEL's metadata, inputs/outputs, op histogram and size."""
     # deferred: the API loads torch (see the module docstring)
     from .inspect import inspect_model
 
-    info = inspect_model(model)
+    info = inspect_model(model, config_file)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
@@ -628,12 +637,19 @@ def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report here.")
 @click.option("--save-diff", type=click.Path(file_okay=False), default=None,
               help="Write |Δpha| / |Δfgr| PNG heatmaps of failing cases here.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
+@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default=None,
+              help="Run an ONNX file with this runtime [onnxruntime]; openvino: pip install \"bgm-deploy[openvino]\".")
+@click.option("--openvino-precision", type=click.Choice(["f32", "bf16", "f16", "default"]), default=None,
+              help="OpenVINO inference precision [f32]; default = OpenVINO's own (bf16 on AVX512-BF16/AMX CPUs).")
 @click.pass_obj
 @handle_errors
 def verify_command(
     state: Context, model: str, checkpoint: str | None, provider: str, allow_fallback: bool, resolutions: tuple[str, ...],
     batch: int, pairs_dir: str | None, inputs: str, atol: str | None, rtol: str | None, seed: int,
-    json_path: str | None, save_diff: str | None,
+    json_path: str | None, save_diff: str | None, config_file: str | None, runtime: str | None,
+    openvino_precision: str | None,
 ) -> None:
     """Check an exported model against its PyTorch reference (exit 0 pass, 1 parity failure, 2 usage)."""
     # deferred: the API loads torch (see the module docstring)
@@ -647,6 +663,7 @@ def verify_command(
         inputs=tuple(kind.strip() for kind in inputs.split(",") if kind.strip()), pairs_dir=pairs_dir,
         atol=atol_map, rtol=rtol_map, default_atol=default_atol, default_rtol=default_rtol, checkpoint=checkpoint,
         save_diff=save_diff, seed=seed, allow_fallback=allow_fallback, json_path=json_path,
+        config_file=config_file, runtime=runtime, openvino_precision=openvino_precision,
     )
     report = verify(model, config, progress=lambda message: state.echo(message, err=True))
     click.echo(format_table(report))

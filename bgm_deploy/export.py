@@ -24,6 +24,7 @@ import torch
 
 from exporters.atomic import atomic_write_text
 from exporters.config import DEFAULT_TRACE_RESOLUTION, PATCH_METHODS, OnnxConfig, TorchScriptConfig
+from exporters.metadata import sidecar_config_path
 from exporters.onnx import SimplifyCheck, example_inputs, onnx_from_torch
 from exporters.paths import check_input_file, check_output_file
 from exporters.preflight import PreflightReport, preflight_onnx
@@ -63,6 +64,7 @@ class ExportReport:
     recheck_max_abs_diff: dict[str, float] | None = None
     preflight: PreflightReport | None = None  # target="tensorrt" exports
     verification: VerifyReport | None = None  # when asked for
+    sidecar: str | None = None  # <file>.bgm.json: the metadata again, for tools that strip it
     schema_version: int = REPORT_SCHEMA_VERSION
 
     @property
@@ -83,6 +85,7 @@ class ExportReport:
             "recheck_max_abs_diff": self.recheck_max_abs_diff,
             "preflight": None if self.preflight is None else self.preflight.to_dict(),
             "verification": None if self.verification is None else self.verification.to_dict(),
+            "sidecar": self.sidecar,
             "ok": self.ok,
         }
 
@@ -253,6 +256,11 @@ def export(
     else:
         result = torchscript_from_torch(model, model_config, script_config, output, progress)
     assert result.metadata is not None  # set by both exporters on success
+    # The metadata again next to the file: graph tools that rewrite ONNX drop metadata_props
+    # (polygraphy surgeon sanitize), and readers fall back to this (exporters.metadata).
+    sidecar = sidecar_config_path(result.path)
+    atomic_write_text(sidecar, result.metadata.to_json())
+    say(f"wrote {sidecar} (the config again, for tools that strip the file's metadata)")
     report = ExportReport(
         path=str(result.path),
         format=format,
@@ -262,6 +270,7 @@ def export(
         seconds={"build": build_seconds, **result.seconds},
         warnings=list(result.warnings),
         recheck_max_abs_diff=recheck,
+        sidecar=str(sidecar),
     )
     if onnx_config is not None and onnx_config.target == "tensorrt":
         say("preflight: checking the graph for TensorRT ...")

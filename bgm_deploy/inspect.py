@@ -65,8 +65,13 @@ def _torchscript_details(path: Path, export: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def inspect_model(path: str | Path) -> dict[str, Any]:
+def inspect_model(path: str | Path, config_file: str | Path | None = None) -> dict[str, Any]:
     """Describes an exported ONNX or TorchScript file.
+
+    Args:
+        path: the file.
+        config_file: its metadata JSON (``--config``), for a file a tool stripped; else the
+            embedded metadata, else the sidecar ``<file>.bgm.json`` (:func:`read_metadata`).
 
     Returns:
         ``{"schema_version", "path", "format", "size_bytes", "metadata", "inputs",
@@ -81,7 +86,7 @@ def inspect_model(path: str | Path) -> dict[str, Any]:
     fmt = detect_format(path)
     if fmt not in ("onnx", "torchscript"):
         raise ModelFileError(f"{path}: inspect supports ONNX and TorchScript files, not {fmt}")
-    metadata = read_metadata(path)
+    metadata = read_metadata(path, config_file)
     details = _onnx_details(path) if fmt == "onnx" else _torchscript_details(path, metadata.export)
     return {
         "schema_version": INSPECT_SCHEMA_VERSION,

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from exporters.paths import check_output_dir, check_output_file, looks_like_checkpoint
+from exporters.paths import check_input_file, check_output_dir, check_output_file, looks_like_checkpoint
 from model.config import ModelConfig, sample_pixels_note
 from model.errors import BgmDeployError, ImageError, UsageError
 
@@ -246,6 +246,8 @@ def matte(
     model_settings: dict[str, Any] | None = None,
     servers: tuple[str, ...] = (),
     server_options: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    runtime: str | None = None,
 ) -> MatteReport:
     """Mattes every (source, background) pair and writes the outputs under ``output``.
 
@@ -269,6 +271,9 @@ def matte(
             goes to them through a :class:`bgm_deploy.client.TritonMatteClient` instead of a
             local model; ``server_options`` are its keyword arguments (``model_name``,
             ``concurrency``, ``shared_memory``).
+        config_file: with ``model``: its metadata JSON (``--config``, the ``<file>.bgm.json``
+            export wrote), for a file whose embedded metadata a graph tool stripped.
+        runtime: ``"openvino"`` runs an ONNX ``model`` with OpenVINO (f32) instead of onnxruntime.
 
     Returns:
         The report; ``report.ok`` is False if any source failed or had no background.
@@ -291,6 +296,12 @@ def matte(
         raise UsageError("no model to matte with: pass --model FILE (an exported .onnx/.pt/.engine) or "
                          "--checkpoint FILE (PyTorch weights)")
     check_matte_paths(src, bgr, output, model=model if predictor is None else None, report_path=report_path)
+    if runtime is not None and model is None:
+        raise UsageError(f"--runtime {runtime} runs an exported ONNX --model file; pass --model FILE.onnx with it")
+    if config_file is not None:
+        if model is None:
+            raise UsageError("--config is the metadata of an exported --model file; pass --model FILE with it")
+        check_input_file(config_file, "--config")
     if checkpoint is not None and model_config is None:
         (status or (lambda _message: None))(f"reading {checkpoint} ...")
     model_config = model_config_for(model, checkpoint, model_settings) or model_config
@@ -305,7 +316,8 @@ def matte(
         loading = time.perf_counter()
         predictor = Predictor.load(
             model, checkpoint=checkpoint, model_config=model_config, provider=provider,
-            allow_fallback=allow_fallback, padding=options.padding,
+            allow_fallback=allow_fallback, padding=options.padding, config_file=config_file,
+            runner=runtime,
         )
         say(f"model loaded in {time.perf_counter() - loading:.1f} s; matting {len(todo)} pair(s)")
         _warn_sample_pixels(predictor, todo[0], options, say)

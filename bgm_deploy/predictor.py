@@ -98,6 +98,7 @@ class Predictor:
         allow_fallback: bool = False,
         padding: str = "replicate",
         runner_options: dict[str, Any] | None = None,
+        config_file: str | Path | None = None,
     ) -> Predictor:
         """Loads a model and activates its runner.
 
@@ -110,12 +111,16 @@ class Predictor:
                 the file carries no metadata (e.g. the original release's TorchScript files).
             provider: ``"cpu"``, ``"cuda"`` or ``"tensorrt"``.
             runner: a registered runner name to use instead of the one chosen from the file
-                format, or an already created runner (then ``path`` etc. are ignored).
+                format (``"openvino"`` runs an ONNX file in OpenVINO at f32; its precision via
+                ``runner_options={"precision": ...}``), or an already created runner (then
+                ``path`` etc. are ignored).
             allow_fallback: when the requested provider is not usable, warn loudly and run on
                 what is, instead of raising ``RuntimeUnavailableError``.
             padding: ``"replicate"`` or ``"reflect"``, for sizes not divisible by 4.
             runner_options: extra runner keyword arguments (``threads``, ``trt_fp16``,
                 ``cache_dir``, ``device_id``, ...).
+            config_file: with ``path``: its metadata JSON (the ``<file>.bgm.json`` export wrote),
+                read before the file's own, for a file a graph tool stripped (``--config``).
 
         Raises:
             UsageError, ModelFileError, CheckpointError, RuntimeUnavailableError.
@@ -143,14 +148,14 @@ class Predictor:
 
             fmt = detect_format(path)
             try:
-                config: ModelConfig = read_metadata(path).model_config
+                config: ModelConfig = read_metadata(path, config_file).model_config
             except ModelFileError:
                 if model_config is None:
                     raise
                 config = model_config
                 if fmt == "torchscript":
                     extra.setdefault("model_type", config.model_type)
-            name, opts = options_for(fmt, provider, allow_fallback)
+            name, opts = options_for(fmt, provider, allow_fallback, "openvino" if runner == "openvino" else None)
             opts = {"path": str(path), **opts}
             source = str(path)
         else:

@@ -61,6 +61,13 @@ class VerifyConfig:
         seed: seed of the random inputs.
         allow_fallback: run on what loaded (loud warning) when the provider is not usable.
         json_path: also write the JSON report there (checked before the run, written atomically).
+        runtime: run the file with this runner instead of the format's default (``"openvino"``
+            for ONNX, CPU); None: onnxruntime / TorchScript / TensorRT by format.
+        openvino_precision: OpenVINO's inference precision hint; None: the runner's ``f32``
+            (keeps mattes right); ``default`` is OpenVINO's own choice (bf16 on CPUs with
+            AVX512-BF16/AMX), ``bf16``/``f16`` ask for those. Only with ``runtime="openvino"``.
+        config_file: the model's metadata JSON (the ``<file>.bgm.json`` export wrote) for a file
+            whose embedded metadata a tool stripped; read before the file's own (``--config``).
     """
 
     provider: str = "cpu"
@@ -77,6 +84,9 @@ class VerifyConfig:
     seed: int = 0
     allow_fallback: bool = False
     json_path: str | None = None
+    config_file: str | None = None
+    runtime: str | None = None
+    openvino_precision: str | None = None
 
     def __post_init__(self) -> None:
         for width, height in self.resolutions:
@@ -570,7 +580,7 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
         raise UsageError(f"--pairs {config.pairs_dir} is not a directory of <name>/src.jpg + bgr.jpg pairs")
     if config.checkpoint is not None:
         check_input_file(config.checkpoint, "--checkpoint")
-    metadata = read_metadata(path)
+    metadata = read_metadata(path, config.config_file)
     model_config = metadata.model_config
     available = tuple(metadata.export.get("outputs") or ())
     unknown = sorted((set(config.atol) | set(config.rtol)) - set(available)) if available else []
@@ -587,7 +597,11 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
             f"{path} was exported from a checkpoint (sha256 {model_config.checkpoint_sha256[:12]}…); "
             "pass the same file with --checkpoint"
         )
-    runner_name, options = runner_options(metadata.format, config.provider, config.allow_fallback)
+    runner_name, options = runner_options(metadata.format, config.provider, config.allow_fallback, config.runtime)
+    if config.openvino_precision is not None:
+        if runner_name != "openvino":
+            raise UsageError(f"--openvino-precision {config.openvino_precision} applies to --runtime openvino only")
+        options["precision"] = config.openvino_precision
     say(f"reference: PyTorch eager float32, {model_config.backbone} {model_config.model_type}, weights {model_config.weights_label}")
     reference = create_runner("pytorch", model_config=model_config, checkpoint=config.checkpoint)
     runner = create_runner(runner_name, path=path, **options)

@@ -5,6 +5,14 @@ ONNX: ``metadata_props`` entry ``bgm_deploy`` = JSON; TorchScript: extra file
 ``{"schema_version": 1, "model_config": ModelConfig.to_dict(), "export": {...}}`` where
 ``export`` holds the format-specific export config plus torch/onnx versions, so that
 verify, bench and the predictor can rebuild the PyTorch reference from the file alone.
+
+Tools that rewrite a file (``polygraphy surgeon sanitize``, some converters) drop ONNX
+``metadata_props``; so ``bgm-deploy export`` also writes the same JSON next to the file,
+``<file>.bgm.json`` (:func:`sidecar_config_path`), and the readers take an explicit config
+file. Read order of :func:`read_metadata`: (1) an explicit ``config`` file (``--config
+FILE``), (2) the metadata embedded in the file, (3) the sidecar ``<file>.bgm.json`` next to
+it. A rewritten file under a new name needs ``--config old.onnx.bgm.json`` (or a copy of the
+sidecar renamed to ``<new name>.bgm.json``).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ BGM_DEPLOY_VERSION = _package_version()
 METADATA_KEY = "bgm_deploy"
 TORCHSCRIPT_EXTRA_FILE = "bgm_deploy.json"
 METADATA_SCHEMA_VERSION = 1
+SIDECAR_SUFFIX = ".bgm.json"
 
 
 @dataclass(frozen=True)
@@ -84,14 +93,48 @@ def detect_format(path: str | Path) -> str:
     )
 
 
-def read_metadata(path: str | Path) -> ExportMetadata:
-    """Reads the embedded metadata of an exported model file.
+def sidecar_config_path(path: str | Path) -> Path:
+    """``model.onnx`` → ``model.onnx.bgm.json``: the config export writes next to the file."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def read_config_file(config: str | Path, option: str = "--config") -> ExportMetadata:
+    """Reads a bgm-deploy metadata JSON file (a sidecar written by export, or a copy)."""
+    config = Path(config)
+    if not config.is_file():
+        raise ModelFileError(f"{option} {config} does not exist; pass the <model>{SIDECAR_SUFFIX} file export wrote")
+    try:
+        text = config.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{option} {config} is not readable ({exc})") from None
+    return ExportMetadata.from_json(text, f"{option} {config}")
+
+
+def read_metadata(path: str | Path, config: str | Path | None = None) -> ExportMetadata:
+    """The metadata of an exported model file.
+
+    Read order: ``config`` (an explicit metadata JSON file) if given, else the metadata
+    embedded in the file, else the sidecar ``<file>.bgm.json`` next to it.
 
     Raises:
-        ModelFileError: the file is missing, corrupt or carries no bgm-deploy metadata.
+        ModelFileError: the file is missing, corrupt or carries no bgm-deploy metadata
+            (and has no sidecar), or ``config`` is not a readable metadata file.
     """
     path = Path(path)
     fmt = detect_format(path)
+    if config is not None:
+        return read_config_file(config)
+    try:
+        return _read_embedded(path, fmt)
+    except ModelFileError as exc:
+        sidecar = sidecar_config_path(path)
+        if fmt == "tensorrt" or not sidecar.is_file() or "no bgm-deploy metadata" not in str(exc):
+            raise
+        return read_config_file(sidecar, "sidecar")
+
+
+def _read_embedded(path: Path, fmt: str) -> ExportMetadata:
     if fmt == "onnx":
         import onnx
 
@@ -102,8 +145,10 @@ def read_metadata(path: str | Path) -> ExportMetadata:
         props = {p.key: p.value for p in proto.metadata_props}
         if METADATA_KEY not in props:
             raise ModelFileError(
-                f"{path}: has no bgm-deploy metadata (not exported by bgm-deploy?); export the model with "
-                "'bgm-deploy export' (matte also runs a PyTorch checkpoint directly: --checkpoint FILE)"
+                f"{path}: has no bgm-deploy metadata (not exported by bgm-deploy, or a tool stripped it) and no "
+                f"sidecar {sidecar_config_path(path).name}; pass the config export wrote with --config "
+                f"FILE{SIDECAR_SUFFIX}, or export the model with 'bgm-deploy export' (matte also runs a PyTorch "
+                "checkpoint directly: --checkpoint FILE)"
             )
         return ExportMetadata.from_json(props[METADATA_KEY], str(path))
     if fmt == "torchscript":
@@ -120,7 +165,10 @@ def read_metadata(path: str | Path) -> ExportMetadata:
         except (RuntimeError, ValueError) as exc:
             raise ModelFileError(f"{path}: not a readable TorchScript file ({str(exc).splitlines()[0]})") from None
         if not extra[TORCHSCRIPT_EXTRA_FILE]:
-            raise ModelFileError(f"{path}: has no bgm-deploy metadata (extra file {TORCHSCRIPT_EXTRA_FILE} missing)")
+            raise ModelFileError(
+                f"{path}: has no bgm-deploy metadata (extra file {TORCHSCRIPT_EXTRA_FILE} missing) and no sidecar "
+                f"{sidecar_config_path(path).name}; pass the config export wrote with --config FILE{SIDECAR_SUFFIX}"
+            )
         text = extra[TORCHSCRIPT_EXTRA_FILE]
         return ExportMetadata.from_json(text.decode() if isinstance(text, bytes) else text, str(path))
     sidecar = path.with_suffix(path.suffix + ".json")

@@ -150,7 +150,71 @@ def _rename_dims(proto: Any, names: tuple[str, ...]) -> None:
                 dim.dim_param = axis
 
 
+# The model's doc_string: what a user who opens the file in another tool should know first.
+ONNX_DOC_STRING = (
+    "BackgroundMattingV2 exported by bgm-deploy (config: metadata_props 'bgm_deploy', and the sidecar "
+    "<file>.bgm.json). Run it at float32 inference precision: reduced precision ruins the refined patches "
+    "(patch selection and coordinates). OpenVINO: compile_model(..., {'INFERENCE_PRECISION_HINT': 'f32'}) - "
+    "its CPU default is bf16 on CPUs with AVX512-BF16/AMX, and then alpha is off by up to 1.0. "
+    "Check any runtime with: bgm-deploy verify FILE (--runtime openvino)."
+)
+
+
+# onnx-graphsurgeon's constant folding (``polygraphy surgeon sanitize --fold-constants``)
+# "elides" Cast(int -> float) -> op -> Cast(float -> int) chains by running the op on the
+# integers and casting its constants to int: the dynamo exporter's size arithmetic
+# ``int(float(H) * 0.25)`` then multiplies by int(0.25) = 0 and Resize fails ("Scale value
+# should be greater than 0"). The ops its elision considers:
+_CAST_ELISION_OPS = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Greater", "Less", "Concat"}
+_INT_TYPES = (6, 7)  # TensorProto.INT32, INT64
+_FLOAT = 1  # TensorProto.FLOAT
+
+
+def guard_cast_elision(proto: Any) -> int:
+    """Makes float arithmetic on integers survive graph tools that elide its Casts.
+
+    Every ``Cast(to=int)`` fed by one of :data:`_CAST_ELISION_OPS` whose inputs include a
+    ``Cast(to=float)`` gets a ``Cast(to=float)`` (a no-op) in between, so the chain no longer
+    has the shape the elision looks for. Values are unchanged; onnxruntime, OpenVINO and
+    TensorRT drop the no-op when they optimise. Returns the number of guards inserted.
+    """
+    import onnx
+
+    nodes = list(proto.graph.node)
+    producer = {out: node for node in nodes for out in node.output}
+
+    def cast_to(node: Any) -> int | None:
+        if node is None or node.op_type != "Cast":
+            return None
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    guards: dict[str, Any] = {}  # op output -> its guard node
+    for node in nodes:
+        if cast_to(node) not in _INT_TYPES or not node.input:
+            continue
+        source = node.input[0]
+        op = producer.get(source)
+        if op is None or op.op_type not in _CAST_ELISION_OPS:
+            continue
+        if not any(cast_to(producer.get(name)) == _FLOAT for name in op.input):
+            continue
+        if source not in guards:
+            guards[source] = onnx.helper.make_node(
+                "Cast", [source], [f"{source}__bgm_keep_float"], name=f"{op.name or source}__bgm_keep_float", to=_FLOAT
+            )
+        node.input[0] = guards[source].output[0]
+    if guards:
+        ordered = []
+        for node in nodes:
+            ordered.append(node)
+            ordered.extend(guards[out] for out in node.output if out in guards)
+        del proto.graph.node[:]
+        proto.graph.node.extend(ordered)
+    return len(guards)
+
+
 def _set_metadata(proto: Any, metadata: ExportMetadata) -> None:
+    proto.doc_string = ONNX_DOC_STRING
     for prop in list(proto.metadata_props):
         if prop.key == METADATA_KEY:
             proto.metadata_props.remove(prop)
@@ -316,6 +380,10 @@ def onnx_from_torch(
                 say(f"warning: {warning}")
             result.seconds["simplify"] = timing["seconds"]
             say(f"simplify: {'done' if result.simplified else 'skipped'} ({result.seconds['simplify']:.1f} s)")
+
+        guarded = guard_cast_elision(proto)
+        if guarded:
+            say(f"guard: {guarded} int->float->int size computation(s) kept intact for graph tools' constant folding")
 
         width, height = config.trace_resolution
         metadata = export_metadata(

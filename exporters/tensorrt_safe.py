@@ -11,10 +11,15 @@ The reference :func:`model.refiner.select_refinement_regions` picks, per image, 
    larger than the grid selects every cell; this is the same thing).
 2. The k-th largest error ``t`` is found *exactly* by bisection on the IEEE-754 bit
    pattern: for non-negative float32 values the order of the bit patterns read as
-   integers is the order of the values, so a bisection over the integers
-   ``[0, 0x7F800000)`` (every finite non-negative float32) ends, after 31 halvings, on the
-   largest float ``t`` with ``count(err >= t) >= k_eff`` — which is the k-th largest value.
-   Each candidate integer is turned into its float with exact arithmetic
+   integers is the order of the values, so a bisection over every finite non-negative
+   float32 ends, after 31 halvings, on the largest float ``t`` with
+   ``count(err >= t) >= k_eff`` — which is the k-th largest value. The bit pattern is
+   bisected in its two halves, never as one integer near 1e9 (OpenVINO's CPU plugin does
+   not add/divide such int32 values exactly, and selected k±1 cells): first the biased
+   exponent ``e`` (8 halvings of ``[0, 255]``), then the mantissa ``m`` within it (23
+   halvings of ``[0, 2**23]``). Every number the bisection touches is an integer below
+   2**24, held in float32 (exact there on every runtime, with or without integer units).
+   A candidate ``(e, m)`` becomes its float with exact arithmetic
    (``2**(e-127) * (1 + m * 2**-23)``, the power of two read from a constant table), so no
    bit-cast operator is needed; each step costs one comparison and one sum over the map.
 3. Every cell with ``err > t`` is selected, and among the cells with ``err == t`` the ones
@@ -22,9 +27,10 @@ The reference :func:`model.refiner.select_refinement_regions` picks, per image, 
    (``k_eff - count(err > t)``), found with a cumulative sum.
 4. ``prevent_oversampling`` then drops cells with zero error, as in the reference.
 
-The exported graph uses Cast, Mul/Add/Sub/Div, Gather (from a constant), Where,
+The exported graph uses Cast, Mul/Add/Sub, Floor, Gather (from a constant), Where,
 comparisons, ReduceSum, CumSum and Min: all accepted by TensorRT >= 8.5, with no TopK and
-no K at all, for dynamic batch, height and width.
+no K at all, for dynamic batch, height and width. Exactness (exactly ``k_eff`` cells) is
+tested on onnxruntime and OpenVINO (f32) at the HD and 4K grids, batch 1 and 2.
 
 Ties: ``torch.topk(sorted=False)`` chooses an implementation-defined subset among cells
 whose error equals the k-th largest value; this selection always takes the lowest flat
@@ -40,17 +46,24 @@ to ``[0, 1]`` and bilinearly resized).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from .patcher import Patch
 from .preflight import TOPK_MAX_K
 
-# Bisection over the bit patterns of every finite non-negative float32: [0, +inf bits).
-_BITS_HIGH = 0x7F800000
-# ceil(log2(_BITS_HIGH)): after this many halvings the interval holds one integer.
-BISECTION_STEPS = 31
+# Bisection over the bit patterns of every finite non-negative float32, in two halves: the
+# biased exponent in [0, 255] (255 = +inf, never a candidate), then the mantissa in
+# [0, 2**23] (2**23 = the next exponent's first value, never a candidate).
+_EXPONENT_HIGH = 255.0
 _MANTISSA_BITS = 23
+_MANTISSA_HIGH = float(1 << _MANTISSA_BITS)
+# ceil(log2(255)) + 23: after these halvings each interval holds one integer.
+EXPONENT_STEPS = 8
+MANTISSA_STEPS = _MANTISSA_BITS
+BISECTION_STEPS = EXPONENT_STEPS + MANTISSA_STEPS
 # 2**(e - 127) for every biased exponent e of a finite float32 (index 0 is unused: subnormals
 # are decoded as m * 2**-149). Every entry is an exact power of two in float32.
 _POW2_TABLE = [0.0] + [2.0 ** (e - 127) for e in range(1, 255)]
@@ -72,11 +85,41 @@ def float_from_bits(bits: Tensor) -> Tensor:
     """
     bits = bits.to(torch.int32)
     exponent = torch.div(bits, 1 << _MANTISSA_BITS, rounding_mode="trunc")
-    mantissa = (bits - exponent * (1 << _MANTISSA_BITS)).to(torch.float32)
-    table = torch.tensor(_POW2_TABLE, dtype=torch.float32, device=bits.device)
+    mantissa = bits - exponent * (1 << _MANTISSA_BITS)
+    return float_from_parts(exponent.to(torch.float32), mantissa.to(torch.float32))
+
+
+def float_from_parts(exponent: Tensor, mantissa: Tensor) -> Tensor:
+    """Exact float32 value of a biased exponent and a mantissa, both held in float32.
+
+    Args:
+        exponent: integers in ``[0, 254]``.
+        mantissa: integers in ``[0, 2**23]`` (``2**23`` is the next exponent's first value).
+
+    Returns:
+        ``2**(e-127) * (1 + m * 2**-23)``, or ``m * 2**-149`` for ``e == 0`` (subnormals).
+        Every operation is exact in float32: no integer arithmetic near 1e9 is involved.
+    """
+    table = torch.tensor(_POW2_TABLE, dtype=torch.float32, device=exponent.device)
     normal = table[exponent.long()] * (1.0 + mantissa * _MANTISSA_UNIT)
     subnormal = mantissa * _SUBNORMAL_UNIT
     return torch.where(exponent == 0, subnormal, normal)
+
+
+def _bisect(values: Tensor, k: Tensor, low: Tensor, high: Tensor, steps: int, candidate: Callable[[Tensor], Tensor]) -> Tensor:
+    """Largest integer ``x`` in ``[low, high)`` with ``count(values >= candidate(x)) >= k``.
+
+    Invariant: ``count(values >= candidate(low)) >= k`` and ``count(values >= candidate(high)) < k``
+    (``high`` itself is never evaluated). ``low``/``high`` are float32 integers below 2**24, so
+    the midpoint ``floor((low + high) / 2)`` is exact.
+    """
+    for _ in range(steps):
+        mid = torch.floor((low + high) * 0.5)
+        count = (values >= candidate(mid)).to(torch.float32).sum(dim=1, keepdim=True)
+        enough = count >= k
+        low = torch.where(enough, mid, low)
+        high = torch.where(enough, high, mid)
+    return low
 
 
 def kth_largest(values: Tensor, k: Tensor) -> Tensor:
@@ -90,19 +133,14 @@ def kth_largest(values: Tensor, k: Tensor) -> Tensor:
         ``(B, 1)`` float32: the largest ``t`` with ``count(values >= t) >= k``.
     """
     # Counts are float32 sums (exact below 2**24 cells): TensorRT's ReduceSum and CumSum
-    # accept FP32/FP16 only. Integer bit patterns come from a Cast, not ConstantOfShape
-    # (FP32-only in TensorRT's ONNX parser).
-    low = k.to(torch.int32) * 0
-    # Invariant: count(values >= f(low)) >= k and count(values >= f(high)) < k.
-    high = low + _BITS_HIGH
-    for _ in range(BISECTION_STEPS):
-        # low + (high - low) // 2 cannot overflow int32 (low + high can).
-        mid = low + torch.div(high - low, 2, rounding_mode="trunc")
-        count = (values >= float_from_bits(mid)).to(torch.float32).sum(dim=1, keepdim=True)
-        enough = count >= k
-        low = torch.where(enough, mid, low)
-        high = torch.where(enough, high, mid)
-    return float_from_bits(low)
+    # accept FP32/FP16 only. The bounds come from k (Mul), not ConstantOfShape (FP32-only
+    # in TensorRT's ONNX parser, and the shape would be symbolic anyway).
+    zero = k * 0.0
+    exponent = _bisect(values, k, zero, zero + _EXPONENT_HIGH, EXPONENT_STEPS, lambda e: float_from_parts(e, zero))
+    mantissa = _bisect(
+        values, k, zero, zero + _MANTISSA_HIGH, MANTISSA_STEPS, lambda m: float_from_parts(exponent, m)
+    )
+    return float_from_parts(exponent, mantissa)
 
 
 def select_top_cells(values: Tensor, k: int) -> Tensor:

@@ -3,8 +3,7 @@
 Scripted, not traced, so that the refinement settings stay attributes of the loaded
 module, as in the original TorchScript release::
 
-    import torchvision  # registers torchvision::roi_align, referenced by the scripted refiner
-    model = torch.jit.load("matting.torchscript")
+    model = torch.jit.load("matting.torchscript")  # torch only: no torchvision needed*
     model.backbone_scale = 0.125
     model.refine_mode = "thresholding"      # or "sampling" / "full"
     model.refine_sample_pixels = 320_000
@@ -19,6 +18,13 @@ methods use Python that TorchScript cannot compile (starred unpacking in
 ``__class__`` swaps to the subclasses below, which override only those methods with
 equivalent scriptable ones (same numerics: the network code itself is inherited). The
 scripted ``validate`` still checks inputs and the (settable) settings at run time.
+
+\* The patch crop method is fixed at export time (metadata ``export["needs_torchvision_ops"]``):
+with ``unfold`` (the TorchScript default) or ``gather`` the scripted graph holds no call of
+``torchvision::roi_align``, so a bare ``torch.jit.load`` (or libtorch in C++) loads it
+without torchvision's op library; only a ``roi_align`` export needs ``import torchvision``
+(C++: link torchvision's ops) before loading. Setting ``refine_patch_crop_method`` to
+another method after loading raises a ValueError naming the methods compiled in.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ import copy
 import os
 import time
 import warnings
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +41,13 @@ from typing import Tuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from model import MattingBase, MattingRefine
 from model.config import ModelConfig
 from model.errors import ExportError
 from model.mobilenet import MobileNetV2Encoder
+from model.refiner import crop_gather, crop_unfold
 from model.spec import BACKBONE_SCALE_RANGE, MIN_SAMPLE_PIXELS, REFINE_MODES, THRESHOLD_RANGE
 
 from .config import TorchScriptConfig, output_names
@@ -125,6 +134,28 @@ class ScriptableMattingRefine(MattingRefine):
             raise ValueError("refine_threshold must be in [0, 1]")
 
 
+def crop_patches_without_roi_align(x: Tensor, idx: Tensor, size: int, padding: int, method: str) -> Tensor:
+    """:func:`model.refiner.crop_patches` without its ``roi_align`` branch (same numerics).
+
+    Scripted in place of the reference dispatcher when the export's crop method is not
+    ``roi_align``, so the saved graph never names ``torchvision::roi_align`` (a bare
+    ``torch.jit.load`` resolves every op of the graph, run or not, and would fail).
+    """
+    if padding != 0:
+        x = F.pad(x, (padding, padding, padding, padding))
+    window = size + 2 * padding
+    if method == "unfold":
+        return crop_unfold(x, idx, size, window)
+    if method == "gather":
+        return crop_gather(x, idx, size, window)
+    raise ValueError("this TorchScript file was exported without roi_align; refine_patch_crop_method must be unfold or gather")
+
+
+def needs_torchvision_ops(model: nn.Module) -> bool:
+    """Whether the scripted ``model`` references torchvision ops (its crop method is roi_align)."""
+    return isinstance(model, MattingRefine) and model.refine_patch_crop_method == "roi_align"
+
+
 # TorchScript needs a fixed tuple length per forward; one tiny forward per output count
 # returns the outputs listed in the (scripted, constant) `output_indices` attribute.
 def _forward_1(self, src: Tensor, bgr: Tensor) -> Tuple[Tensor]:  # noqa: UP006
@@ -190,8 +221,27 @@ def script_patches(model: nn.Module, count: int) -> tuple[Patch, ...]:
             wrap=True,
             reason="no JIT types cached by earlier exports in this process",
         ),
+        # The same for compiled free functions (cached per function object): a
+        # gather_patch_inputs compiled by an earlier export keeps the crop dispatcher it
+        # was compiled with (with or without roi_align), whatever this export patches in.
+        Patch(
+            "module:torch.jit._state",
+            "_jit_caching_layer",
+            lambda _cached: weakref.WeakKeyDictionary(),
+            wrap=True,
+            reason="no free functions cached by earlier exports in this process",
+        ),
         Patch("", "__class__", scriptable_class(base, count), reason="scriptable validate/run_network/forward"),
     ]
+    if isinstance(model, MattingRefine) and not needs_torchvision_ops(model):
+        patches.append(
+            Patch(
+                "module:model.refiner",
+                "crop_patches",
+                crop_patches_without_roi_align,
+                reason="no torchvision::roi_align in the graph: loads with torch alone",
+            )
+        )
     if isinstance(getattr(model, "backbone", None), MobileNetV2Encoder):
         patches.append(
             Patch("backbone", "__class__", ScriptableMobileNetV2Encoder, reason="block loop TorchScript can compile")
@@ -252,6 +302,9 @@ def torchscript_from_torch(
         "target": "generic",
         "trace_resolution": None,
         "trace_batch": None,
+        # True only with the roi_align crop: then torchvision's op library must be loaded
+        # (import torchvision / link torchvision ops in C++) before torch.jit.load.
+        "needs_torchvision_ops": needs_torchvision_ops(module),
     }
     metadata = export_metadata(model_config, "torchscript", config, names, fields)
     temp = temp_path_for(output, ".pt")

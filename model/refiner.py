@@ -53,6 +53,7 @@ def crop_patches(x: Tensor, idx: Tensor, size: int, padding: int, method: str) -
         idx: ``(N, 3)`` int64 rows ``(b, i, j)`` of selected cells.
         size: stride of the cell grid on ``x`` (window start is ``(i*size, j*size)``).
         padding: zero padding added around ``x`` before cropping.
+        method: ``"unfold"``, ``"roi_align"`` or ``"gather"`` .
 
     Returns:
         ``(N, C, size + 2*padding, size + 2*padding)``.
@@ -60,31 +61,49 @@ def crop_patches(x: Tensor, idx: Tensor, size: int, padding: int, method: str) -
     if padding != 0:
         x = F.pad(x, (padding, padding, padding, padding))
     window = size + 2 * padding
-    b, i, j = idx[:, 0], idx[:, 1], idx[:, 2]
     if method == "unfold":
-        windows = x.permute(0, 2, 3, 1).unfold(1, window, size).unfold(2, window, size)
-        return windows[b, i, j]
+        return crop_unfold(x, idx, size, window)
     if method == "roi_align":
-        # Boxes stay in float32 whatever x's dtype: coordinates such as 1919.5 are not
-        # representable in float16. Each 1-pixel bin centred on an integer coordinate
-        # samples exactly one pixel, so the crop is an exact copy.
-        start_y = (i * size).to(torch.float32) - 0.5
-        start_x = (j * size).to(torch.float32) - 0.5
-        boxes = torch.stack(
-            [b.to(torch.float32), start_x, start_y, start_x + window, start_y + window], dim=1
-        )
-        crops = torchvision.ops.roi_align(x.float(), boxes, window, 1.0, 1, False)
-        return crops.to(x.dtype)
+        return crop_roi_align(x, idx, size, window)
     if method == "gather":
-        height, width = x.shape[2], x.shape[3]
-        offsets = torch.arange(window, device=x.device, dtype=idx.dtype)
-        rows = (i * size).view(-1, 1) + offsets.view(1, -1)  # (N, window)
-        cols = (j * size).view(-1, 1) + offsets.view(1, -1)
-        # Per-pixel flat indices into the channels-last (B*H*W, C) view: batch stride H*W.
-        pixel = (b.view(-1, 1, 1) * height + rows.view(-1, window, 1)) * width + cols.view(-1, 1, window)
-        pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
-        return pixels[pixel.flatten()].view(-1, window, window, x.shape[1]).permute(0, 3, 1, 2).contiguous()
+        return crop_gather(x, idx, size, window)
     raise ValueError(f"patch_crop_method='{method}' is not valid; valid: unfold, roi_align, gather")
+
+
+# One function per crop method (on the padded map), so that an exporter can compile a
+# dispatcher that leaves one out: the scripted TorchScript file references torchvision's
+# roi_align op only when that crop is chosen (exporters/torchscript.py).
+def crop_unfold(x: Tensor, idx: Tensor, size: int, window: int) -> Tensor:
+    """``(N, C, window, window)`` windows at ``(i*size, j*size)`` of the padded ``x``, via unfold."""
+    b, i, j = idx[:, 0], idx[:, 1], idx[:, 2]
+    windows = x.permute(0, 2, 3, 1).unfold(1, window, size).unfold(2, window, size)
+    return windows[b, i, j]
+
+
+def crop_roi_align(x: Tensor, idx: Tensor, size: int, window: int) -> Tensor:
+    """The same windows via ``torchvision.ops.roi_align`` (one ONNX RoiAlign node)."""
+    b, i, j = idx[:, 0], idx[:, 1], idx[:, 2]
+    # Boxes stay in float32 whatever x's dtype: coordinates such as 1919.5 are not
+    # representable in float16. Each 1-pixel bin centred on an integer coordinate
+    # samples exactly one pixel, so the crop is an exact copy.
+    start_y = (i * size).to(torch.float32) - 0.5
+    start_x = (j * size).to(torch.float32) - 0.5
+    boxes = torch.stack([b.to(torch.float32), start_x, start_y, start_x + window, start_y + window], dim=1)
+    crops = torchvision.ops.roi_align(x.float(), boxes, window, 1.0, 1, False)
+    return crops.to(x.dtype)
+
+
+def crop_gather(x: Tensor, idx: Tensor, size: int, window: int) -> Tensor:
+    """The same windows via one gather of per-pixel flat indices."""
+    b, i, j = idx[:, 0], idx[:, 1], idx[:, 2]
+    height, width = x.shape[2], x.shape[3]
+    offsets = torch.arange(window, device=x.device, dtype=idx.dtype)
+    rows = (i * size).view(-1, 1) + offsets.view(1, -1)  # (N, window)
+    cols = (j * size).view(-1, 1) + offsets.view(1, -1)
+    # Per-pixel flat indices into the channels-last (B*H*W, C) view: batch stride H*W.
+    pixel = (b.view(-1, 1, 1) * height + rows.view(-1, window, 1)) * width + cols.view(-1, 1, window)
+    pixels = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])
+    return pixels[pixel.flatten()].view(-1, window, window, x.shape[1]).permute(0, 3, 1, 2).contiguous()
 
 
 def replace_patches(x: Tensor, patches: Tensor, idx: Tensor, method: str) -> Tensor:

@@ -8,5 +8,6 @@ from .registry import create_runner, register_runner, runner_class, runner_names
 # Importing a runner module registers it; each imports its heavy library lazily.
 from . import onnxruntime, pytorch, torchscript  # noqa: E402,F401  (isort: skip)
 from . import tensorrt  # noqa: E402,F401  (isort: skip) - imports tensorrt only when activated
+from . import openvino  # noqa: E402,F401  (isort: skip) - imports openvino only when activated
 
 __all__ = ["BaseRunner", "TensorMeta", "create_runner", "register_runner", "runner_class", "runner_names"]

@@ -30,19 +30,41 @@ RUNNER_FOR_FORMAT = {
 }
 
 
-def runner_options(fmt: str, provider: str, allow_fallback: bool = False) -> tuple[str, dict[str, Any]]:
+# Runtimes that can be chosen instead of the format's default runner (verify/matte
+# --runtime, Predictor.load(runner=...)): file format -> runner names.
+RUNTIMES_FOR_FORMAT = {"onnx": ("onnxruntime", "openvino")}
+
+
+def runner_options(
+    fmt: str, provider: str, allow_fallback: bool = False, runtime: str | None = None
+) -> tuple[str, dict[str, Any]]:
     """The runner name and provider/device options for a model format and a provider.
+
+    Args:
+        runtime: a runner to use instead of the format's default (``"openvino"`` for ONNX,
+            CPU only); None: the default (:data:`RUNNER_FOR_FORMAT`).
 
     Raises:
         UsageError: ``provider`` is unknown or cannot run this format (e.g. TorchScript on
-            TensorRT).
+            TensorRT), or ``runtime`` cannot run it.
     """
     if provider not in PROVIDER_CHOICES:
         raise UsageError(f"provider={provider!r} is not valid; valid: {', '.join(PROVIDER_CHOICES)}")
+    if runtime == "openvino":
+        if fmt not in RUNTIMES_FOR_FORMAT or runtime not in RUNTIMES_FOR_FORMAT[fmt]:
+            raise UsageError(f"runtime 'openvino' cannot run a {fmt} model; it runs ONNX files")
+        if provider != "cpu":
+            raise UsageError(f"runtime 'openvino' runs on the CPU; drop provider={provider!r} (use provider 'cpu')")
+        return runtime, {}
     name = RUNNER_FOR_FORMAT.get((fmt, provider))
     if name is None:
         valid = sorted(p for f, p in RUNNER_FOR_FORMAT if f == fmt)
         raise UsageError(f"provider={provider!r} cannot run a {fmt} model; valid for {fmt}: {', '.join(valid)}")
+    if runtime is not None and runtime != name:
+        raise UsageError(
+            f"runtime={runtime!r} cannot run a {fmt} model on provider {provider!r}; valid: {name}"
+            + (", openvino (provider cpu)" if fmt == "onnx" else "")
+        )
     if name == "onnxruntime":
         return name, {"provider": provider, "allow_fallback": allow_fallback}
     if name in ("torchscript", "pytorch"):

@@ -66,6 +66,18 @@ def test_same_results_through_every_runner(models: dict[str, Path], pair: tuple[
         assert np.array_equal(results[label].ref, reference.ref), label
 
 
+def test_openvino_same_results_as_pytorch(models: dict[str, Path], pair: tuple[np.ndarray, np.ndarray]) -> None:
+    """The optional OpenVINO runner (extra [openvino]) in the same parity check, at f32."""
+    pytest.importorskip("openvino", reason='openvino is not installed (pip install "bgm-deploy[openvino]")')
+    with Predictor.load(models["onnx"], runner="openvino") as ov, Predictor.load(model_config=model_files.TEST_CONFIG) as pt:
+        assert ov.runner.name == "openvino" and ov.provider == "openvino:CPU/f32"
+        got, reference = ov.predict(*pair, outputs=ALL), pt.predict(*pair, outputs=ALL)
+    for name in ("pha", "fgr", "err"):
+        np.testing.assert_allclose(getattr(got, name), getattr(reference, name), atol=ATOL, err_msg=f"openvino {name}")
+    assert np.abs(got.com.astype(int) - reference.com.astype(int)).max() <= 2
+    assert np.array_equal(got.ref, reference.ref)
+
+
 def test_outputs_have_the_input_size_and_documented_types(onnx_predictor: Predictor, pair: tuple[np.ndarray, np.ndarray]) -> None:
     result = onnx_predictor.predict(*pair, outputs=ALL)
     height, width = pair[0].shape[:2]
@@ -192,7 +204,7 @@ def test_load_from_a_checkpoint_and_load_errors(tmp_path: Path, models: dict[str
 
 # Runners compared for parity in test_same_results_through_every_runner, and runners whose
 # parity needs hardware this suite cannot assume (with where it is tested instead).
-PARITY_RUNNERS = {"onnxruntime", "torchscript", "pytorch"}
+PARITY_RUNNERS = {"onnxruntime", "torchscript", "pytorch", "openvino"}  # openvino: test_openvino_same_results_as_pytorch
 HARDWARE_ONLY_RUNNERS = {"tensorrt": "tests/tensorrt/test_tensorrt_engine.py (marked tensorrt)"}
 
 

@@ -293,7 +293,7 @@ def _apply_mode(model: ModelConfig, mode: str) -> ModelConfig:
 
 
 def _file_backends(fmt: str, requested: tuple[str, ...] | None) -> list[str]:
-    compatible = {"onnx": ["onnx-cpu", "onnx-cuda", "onnx-tensorrt"], "torchscript": ["torchscript"], "tensorrt": ["tensorrt"]}[fmt]
+    compatible = {"onnx": ["onnx-cpu", "openvino-cpu", "onnx-cuda", "onnx-tensorrt"], "torchscript": ["torchscript"], "tensorrt": ["tensorrt"]}[fmt]
     if requested is None:
         return compatible
     chosen = [b for b in requested if b in compatible]

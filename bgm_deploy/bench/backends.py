@@ -32,7 +32,7 @@ from model.errors import UsageError
 from ..export import export
 from .harness import CudaEventTimer, SyncTimer, Timer, cpu_timer
 
-BACKENDS = ("eager", "torchscript", "onnx-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
+BACKENDS = ("eager", "torchscript", "onnx-cpu", "openvino-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 # The backends whose work runs on a CUDA device.
 GPU_BACKENDS = ("onnx-cuda", "onnx-tensorrt", "tensorrt")
@@ -62,10 +62,12 @@ def unavailable_reason(backend: str, precision: str, device: str) -> str | None:
         provider = "CUDAExecutionProvider" if backend == "onnx-cuda" else "TensorrtExecutionProvider"
         if provider not in onnxruntime.get_available_providers():
             return f"onnxruntime {onnxruntime.__version__} has no {provider}"
+    if backend == "openvino-cpu" and importlib.util.find_spec("openvino") is None:
+        return 'OpenVINO is not installed (pip install "bgm-deploy[openvino]")'
     if backend in ("onnx-tensorrt", "tensorrt") and importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (pip install tensorrt)"
     if precision == "fp16":
-        if backend in ("onnx-cpu", "onnx-cuda"):
+        if backend in ("onnx-cpu", "openvino-cpu", "onnx-cuda"):
             return "fp16 is benchmarked on TensorRT (onnx-tensorrt, tensorrt) and CUDA PyTorch only"
         if backend in ("eager", "torchscript") and device != "cuda":
             return "fp16 PyTorch is benchmarked on a CUDA device only"
@@ -264,6 +266,11 @@ def prepare_backend(
             options["trt_fp16"] = precision == "fp16"
             options["cache_dir"] = artifacts.workdir / "trt_cache"
         return RunnerBackend(backend, "onnxruntime", options, "cpu" if provider == "cpu" else "cuda", precision)
+    if backend == "openvino-cpu":
+        # The same ONNX file as onnx-cpu, compiled by OpenVINO at f32 (its bf16 default
+        # ruins the refined patches; see runtimes/openvino.py).
+        path = model_file or artifacts.path(config, "onnx", "generic", (batch_shape[2], batch_shape[1]))
+        return RunnerBackend(backend, "openvino", {"path": path, "threads": threads}, "cpu", precision)
     if backend == "tensorrt":
         # Unverified: needs the engine builder and TensorRT runner, and a GPU.
         engine = model_file or _build_engine(config, precision, artifacts, batch_shape)

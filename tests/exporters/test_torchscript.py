@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -92,27 +91,60 @@ def test_fp16_base(tmp_path: Path) -> None:
         assert float((a.float() - b.float()).abs().max()) <= 1e-3
 
 
-def test_loads_without_bgm_deploy(scripted: Path) -> None:
-    # A clean interpreter (-I: no cwd, no PYTHONPATH) that refuses to import this project.
-    code = textwrap.dedent(
-        f"""
-        import importlib.abc, sys
-        class Block(importlib.abc.MetaPathFinder):
-            def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in ("bgm_deploy", "model", "exporters", "runtimes"):
-                    raise ImportError("blocked " + name)
-        sys.meta_path.insert(0, Block())
-        import torch
-        import torchvision  # registers torchvision::roi_align, compiled into every scripted refiner
-        m = torch.jit.load({str(scripted)!r})
-        m.refine_mode = "thresholding"
-        m.backbone_scale = 0.5
-        out = m(torch.rand(1, 3, 128, 160), torch.rand(1, 3, 128, 160))
-        assert len(out) == 6 and tuple(out[0].shape) == (1, 1, 128, 160)
-        assert not any(k.split(".")[0] in ("bgm_deploy", "model", "exporters") for k in sys.modules)
-        print("ok")
-        """
+_BARE_LOAD = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("bgm_deploy", "model", "exporters", "runtimes", "torchvision"):
+            raise ImportError("blocked " + name)
+sys.meta_path.insert(0, Block())
+import torch
+m = torch.jit.load(sys.argv[1])
+m.refine_mode = "thresholding"
+m.backbone_scale = 0.5
+out = m(torch.rand(1, 3, 128, 160), torch.rand(1, 3, 128, 160))
+assert len(out) == 6 and tuple(out[0].shape) == (1, 1, 128, 160)
+assert not any(k.split(".")[0] in ("bgm_deploy", "model", "exporters", "torchvision") for k in sys.modules)
+print("ok")
+"""
+
+
+def _bare_load(path: Path) -> subprocess.CompletedProcess[str]:
+    """Loads and runs ``path`` in a clean interpreter (-I: no cwd, no PYTHONPATH) that can
+    import torch but neither this project nor torchvision (a libtorch user's situation)."""
+    return subprocess.run(
+        [sys.executable, "-I", "-c", _BARE_LOAD, str(path)], capture_output=True, text=True, cwd=path.parent, timeout=300
     )
-    done = subprocess.run([sys.executable, "-I", "-c", code], capture_output=True, text=True, cwd=scripted.parent, timeout=300)
+
+
+def test_loads_with_torch_alone(scripted: Path) -> None:
+    # Issue 14 finding 5: the unfold export used to reference torchvision::roi_align.
+    assert read_metadata(scripted).export["needs_torchvision_ops"] is False
+    done = _bare_load(scripted)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip().endswith("ok")
+
+
+def test_gather_crop_loads_with_torch_alone_and_matches(tmp_path: Path) -> None:
+    config = ModelConfig(refine_sample_pixels=4_000, refine_patch_crop_method="gather")
+    model = build_model(config)
+    path = tmp_path / "gather.pt"
+    torchscript_from_torch(model, config, TorchScriptConfig(), path)
+    assert _bare_load(path).returncode == 0
+    loaded = torch.jit.load(str(path))
+    src, bgr = random_pair(160, 128, 2, 3)
+    with torch.no_grad():
+        for got, want in zip(loaded(src, bgr), model(src, bgr)):
+            assert float((got - want).abs().max()) <= 1e-5
+    loaded.refine_patch_crop_method = "roi_align"  # not compiled into this file
+    with pytest.raises(torch.jit.Error, match="exported without roi_align"):
+        loaded(src, bgr)
+
+
+def test_roi_align_crop_says_it_needs_torchvision(tmp_path: Path) -> None:
+    config = ModelConfig(refine_sample_pixels=4_000, refine_patch_crop_method="roi_align")
+    path = tmp_path / "roi.pt"
+    torchscript_from_torch(build_model(config), config, TorchScriptConfig(), path)
+    assert read_metadata(path).export["needs_torchvision_ops"] is True
+    done = _bare_load(path)
+    assert done.returncode != 0 and "torchvision::roi_align" in done.stderr

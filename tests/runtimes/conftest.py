@@ -34,12 +34,18 @@ def _tensorrt_runner(root: Path) -> BaseRunner:
     return create_runner("tensorrt", path=str(engine))
 
 
+def _openvino_runner(root: Path) -> BaseRunner:
+    pytest.importorskip("openvino", reason='openvino is not installed (pip install "bgm-deploy[openvino]")')
+    return create_runner("openvino", path=model_files.model_file("onnx", root))
+
+
 # name -> builds an inactive runner of the shared test model (refine, synthetic seed 0).
 RUNNER_FACTORIES: dict[str, Callable[[Path], BaseRunner]] = {
     "onnxruntime": lambda root: create_runner("onnxruntime", path=model_files.model_file("onnx", root)),
     "torchscript": lambda root: create_runner("torchscript", path=model_files.model_file("torchscript", root)),
     "pytorch": lambda root: create_runner("pytorch", model_config=model_files.TEST_CONFIG),
     "tensorrt": _tensorrt_runner,
+    "openvino": _openvino_runner,
 }
 
 
