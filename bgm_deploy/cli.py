@@ -436,7 +436,7 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Weights (default: synthetic).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Synthetic-weights seed (without --checkpoint).")
 @click.option("--backbone-scale", default="auto", show_default=True,
-              help="auto (from --resolution: 0.25 up to HD, 0.125 above) or a float in (0, 0.5].")
+              help="auto (from --resolution: 0.25 up to HD, 0.125 above) or a float in [0.01, 0.5].")
 @click.option("--refine-mode", type=click.Choice(["sampling", "thresholding", "full"]), default="sampling",
               show_default=True)
 @click.option("--refine-sample-pixels", type=click.IntRange(min=16), default=None,

@@ -124,8 +124,8 @@ class ScriptableMattingRefine(MattingRefine):
         # neither call refine_settings_error nor read tuple globals), checked at run time
         # because these settings stay settable after torch.jit.load.
         limits = self.setting_limits
-        if not (limits[0] < self.backbone_scale <= limits[1]):
-            raise ValueError("backbone_scale is not valid; it must be in (0, 0.5]")
+        if not (limits[0] <= self.backbone_scale <= limits[1]):
+            raise ValueError("backbone_scale is not valid; it must be in [0.01, 0.5]")
         if self.refine_mode not in self.valid_refine_modes:
             raise ValueError("refine_mode must be one of: full, sampling, thresholding")
         if self.refine_sample_pixels < limits[2]:

@@ -85,7 +85,7 @@ class MattingRefine(MattingBase):
 
     Args (same names, order and defaults as the original):
         backbone: ``"resnet50"``, ``"resnet101"`` or ``"mobilenetv2"``.
-        backbone_scale: downsample factor for the base network, in (0, 0.5].
+        backbone_scale: downsample factor for the base network, in [0.01, 0.5].
         refine_mode: ``"sampling"``, ``"thresholding"`` or ``"full"``.
         refine_sample_pixels: pixels refined per image in sampling mode (16 per cell).
         refine_threshold: error threshold in thresholding mode.
