@@ -83,6 +83,9 @@ class OnnxRuntimeRunner(BaseRunner):
         threads: intra-op threads for the CPU provider (None: onnxruntime's default).
         session_options: extra ``onnxruntime.SessionOptions`` attributes, e.g.
             ``{"graph_optimization_level": ...}``.
+        allow_spinning: let idle intra-op threads spin-wait for the next parallel region
+            (onnxruntime's default). Off when other threads of the process need the same cores
+            (the video pipeline's decoder and encoders): spinning workers would take their CPU.
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class OnnxRuntimeRunner(BaseRunner):
         io_binding: bool = True,
         threads: int | None = None,
         session_options: dict[str, Any] | None = None,
+        allow_spinning: bool = True,
     ) -> None:
         super().__init__()
         if provider not in PROVIDERS:
@@ -113,6 +117,7 @@ class OnnxRuntimeRunner(BaseRunner):
         self.io_binding = io_binding
         self.threads = threads
         self.session_options = dict(session_options or {})
+        self.allow_spinning = allow_spinning
         self.session: Any = None
         self._binding: Any = None
         self._device_inputs: dict[str, Any] = {}
@@ -148,6 +153,8 @@ class OnnxRuntimeRunner(BaseRunner):
         options = ort.SessionOptions()
         if self.threads is not None:
             options.intra_op_num_threads = self.threads
+        if not self.allow_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         for key, value in self.session_options.items():
             if not hasattr(options, key):
                 raise UsageError(f"session option {key!r} is not an onnxruntime.SessionOptions attribute")

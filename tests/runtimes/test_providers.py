@@ -75,6 +75,14 @@ def test_bad_options_and_files(onnx_path: Path, tmp_path: Path) -> None:
 def test_threads_option_and_runner_choice(onnx_path: Path) -> None:
     with create_runner("onnxruntime", path=onnx_path, threads=1) as runner:
         assert runner.session.get_session_options().intra_op_num_threads == 1
+        with pytest.raises(RuntimeError, match="allow_spinning"):  # not set: onnxruntime's default (spinning)
+            runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        expected = runner.infer(_feeds())
+    with create_runner("onnxruntime", path=onnx_path, threads=1, allow_spinning=False) as runner:
+        assert runner.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+        got = runner.infer(_feeds())
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)  # scheduling only, same numbers
     assert runner_options("onnx", "tensorrt") == ("onnxruntime", {"provider": "tensorrt", "allow_fallback": False})
     assert runner_options("tensorrt", "tensorrt")[0] == "tensorrt"
     with pytest.raises(UsageError, match="cannot run a torchscript model"):
