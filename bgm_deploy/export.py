@@ -110,26 +110,28 @@ def resolve_export(
     return resolved, onnx_config
 
 
-def _check_case(model_config: ModelConfig, expected_path: Path | None, model: torch.nn.Module | None, got_path: Path,
-                src: Any, bgr: Any, name: str, atol: float) -> CaseResult:
-    """One case through the runner layer and verify's comparison: the ONNX file ``got_path``
-    against eager ``model`` or against another ONNX file ``expected_path``."""
-    if model is not None:
-        reference = create_runner("pytorch", module=model, model_type=model_config.model_type)
-    else:
-        reference = create_runner("onnxruntime", path=expected_path, provider="cpu")
-    runner = create_runner("onnxruntime", path=got_path, provider="cpu")
+def _compare_runners(reference: Any, runner: Any, model_config: ModelConfig, inputs: list[tuple[Any, Any]], name: str,
+                     atol: float) -> list[CaseResult]:
+    """Each ``(src, bgr)`` of ``inputs`` through both runners (each activated once) and
+    verify's comparison."""
+    tolerance = VerifyConfig(default_atol=atol)
+    cases = []
     with reference, runner:
-        expected = reference.infer({"src": src, "bgr": bgr})
-        got = runner.infer({"src": src, "bgr": bgr})
-    return compare_case(name, list(src.shape), expected, got, model_config, "float32", VerifyConfig(default_atol=atol))
+        for src, bgr in inputs:
+            expected = reference.infer({"src": src, "bgr": bgr})
+            got = runner.infer({"src": src, "bgr": bgr})
+            cases.append(compare_case(name, list(src.shape), expected, got, model_config, "float32", tolerance))
+    return cases
 
 
 def _recheck_onnx(path: Path, model: torch.nn.Module, model_config: ModelConfig, config: OnnxConfig) -> CaseResult:
     """The exported file against the eager model at the trace size (a patch selected
     differently only at a tie is explained, not a failure)."""
     src, bgr = (t.numpy() for t in example_inputs(config, torch.float32, seed=3))
-    return _check_case(model_config, None, model, path, src, bgr, "re-check at the trace size", RECHECK_TOLERANCE)
+    reference = create_runner("pytorch", module=model, model_type=model_config.model_type)
+    runner = create_runner("onnxruntime", path=path, provider="cpu")
+    return _compare_runners(reference, runner, model_config, [(src, bgr)], "re-check at the trace size",
+                            RECHECK_TOLERANCE)[0]
 
 
 def _simplify_check(model_config: ModelConfig, config: OnnxConfig) -> SimplifyCheck | None:
@@ -140,21 +142,23 @@ def _simplify_check(model_config: ModelConfig, config: OnnxConfig) -> SimplifyCh
     width, height = config.trace_resolution or DEFAULT_TRACE_RESOLUTION
     sizes = (dataclasses.replace(config, trace_resolution=(width, height)),
              dataclasses.replace(config, trace_batch=2, trace_resolution=(width + 64, height + 32)))
+    inputs = [tuple(t.numpy() for t in example_inputs(size, torch.float32, seed)) for seed, size in enumerate(sizes, 1)]
 
     def check(exported: Any, simplified: Any) -> str | None:
         with tempfile.TemporaryDirectory(prefix="bgm-simplify-") as folder:
             before, after = Path(folder) / "exported.onnx", Path(folder) / "simplified.onnx"
             onnx_lib.save(exported, str(before))
             onnx_lib.save(simplified, str(after))
-            for seed, size in enumerate(sizes, start=1):
-                src, bgr = (t.numpy() for t in example_inputs(size, torch.float32, seed))
-                try:
-                    case = _check_case(model_config, before, None, after, src, bgr, "simplify", SIMPLIFY_TOLERANCE)
-                except Exception as exc:  # noqa: BLE001 - any failure to run the simplified graph keeps the original
-                    return f"the simplified model does not run in onnxruntime ({type(exc).__name__})"
-                if case.verdict == "fail":
-                    worst = max(o.max_abs for o in case.outputs)
-                    return f"the simplified model differs by {worst:.3g} from the exported one ({'; '.join(case.notes)})"
+            try:
+                cases = _compare_runners(create_runner("onnxruntime", path=before, provider="cpu"),
+                                         create_runner("onnxruntime", path=after, provider="cpu"),
+                                         model_config, inputs, "simplify", SIMPLIFY_TOLERANCE)
+            except Exception as exc:  # noqa: BLE001 - any failure to run the simplified graph keeps the original
+                return f"the simplified model does not run in onnxruntime ({type(exc).__name__})"
+        for case in cases:
+            if case.verdict == "fail":
+                worst = max(o.max_abs for o in case.outputs)
+                return f"the simplified model differs by {worst:.3g} from the exported one ({'; '.join(case.notes)})"
         return None
 
     return check

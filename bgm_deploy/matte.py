@@ -302,9 +302,10 @@ def matte(
         if model is None:
             raise UsageError("--config is the metadata of an exported --model file; pass --model FILE with it")
         check_input_file(config_file, "--config")
-    if checkpoint is not None and model_config is None:
-        (status or (lambda _message: None))(f"reading {checkpoint} ...")
-    model_config = model_config_for(model, checkpoint, model_settings) or model_config
+    if model_config is None:  # a config given by the caller is kept as it is
+        if checkpoint is not None:
+            (status or (lambda _message: None))(f"reading {checkpoint} ...")
+        model_config = model_config_for(model, checkpoint, model_settings)
     plan = find_pairs(src, bgr)
     if options.align:
         import_cv2()  # fail before loading the model, with the install hint
