@@ -103,8 +103,9 @@ def info(as_json: bool) -> None:
 
 @cli.command()
 @click.argument("models", nargs=-1, type=click.Path(dir_okay=False), metavar="[MODEL ...]")
-@click.option("--backend", "backends", multiple=True, help="Comma-separated: eager, torchscript, onnx-cpu, openvino-cpu, onnx-cuda, "
-              "onnx-tensorrt, tensorrt. Default: every backend usable here (others reported as skipped).")
+@click.option("--backend", "backends", multiple=True, help="Comma-separated: eager, torchscript, onnx-cpu, onnx-original (the original "
+              "project's ONNX recipe, the baseline of 'vs original'), openvino-cpu, onnx-cuda, onnx-tensorrt, tensorrt. "
+              "Default: every backend usable here (others reported as skipped).")
 @click.option("--backbone", "backbones", multiple=True, help="Comma-separated backbones of the default model [mobilenetv2].")
 @click.option("--resolution", "resolutions", multiple=True, help="hd, 4k or WxH; repeatable or comma-separated [hd].")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Frames per call.")

@@ -34,7 +34,7 @@ from .config import DEFAULT_TRACE_RESOLUTION, OnnxConfig, dynamic_axes, output_n
 from .metadata import BGM_DEPLOY_VERSION, METADATA_KEY, ExportMetadata
 from .patcher import EXPORT_PATCHES, ModelPatcher, Patch
 from .progress import stage
-from .rewrites import FAST_PATCHES
+from .rewrites import fast_patches
 from .tensorrt_safe import TENSORRT_PATCHES
 
 Progress = Callable[[str], None]
@@ -67,14 +67,15 @@ class OutputSelector(nn.Module):
         return tuple(outputs[i] for i in self.indices)
 
 
-def export_patches(target: str) -> tuple[Patch, ...]:
-    """The patch list for a target: ``EXPORT_PATCHES``, the speed rewrites of
-    ``exporters.rewrites.FAST_PATCHES`` (same results, patch inputs sampled directly) and,
+def export_patches(target: str, model: nn.Module) -> tuple[Patch, ...]:
+    """The patch list for a target and model: ``EXPORT_PATCHES``, the speed rewrites of
+    ``exporters.rewrites.fast_patches`` (same results, patch inputs sampled directly) and,
     for ``"tensorrt"``, the TensorRT-safe rewrites of ``exporters.tensorrt_safe.TENSORRT_PATCHES``."""
 
+    fast = fast_patches(model)
     if target != "tensorrt":
-        return (*EXPORT_PATCHES, *FAST_PATCHES)
-    return (*EXPORT_PATCHES, *FAST_PATCHES, *TENSORRT_PATCHES)
+        return (*EXPORT_PATCHES, *fast)
+    return (*EXPORT_PATCHES, *fast, *TENSORRT_PATCHES)
 
 
 def example_inputs(config: OnnxConfig, dtype: torch.dtype, seed: int = 0) -> tuple[Tensor, Tensor]:
@@ -310,6 +311,7 @@ def onnx_from_torch(
     output: str | Path,
     progress: Progress | None = None,
     simplify_check: SimplifyCheck | None = None,
+    patches: tuple[Patch, ...] | None = None,
 ) -> OnnxExportResult:
     """Exports ``model`` (built from ``model_config``) to an ONNX file.
 
@@ -323,6 +325,8 @@ def onnx_from_torch(
         simplify_check: compares the simplified graph with the exported one (see
             ``SimplifyCheck``); None skips the numeric re-check (``bgm_deploy.export`` always
             passes one).
+        patches: the export patches to apply instead of ``export_patches(config.target, model)``
+            (benchmarks/cpu_speed.py exports the graphs before and after each rewrite with it).
 
     Returns:
         :class:`OnnxExportResult`.
@@ -358,7 +362,7 @@ def onnx_from_torch(
                        f"(tracing at {config.trace_resolution[0]}x{config.trace_resolution[1]}; 10-60 s)")
         with stage(say, "export", description) as timing:
             try:
-                with ModelPatcher(module, export_patches(config.target)), torch.no_grad():
+                with ModelPatcher(module, export_patches(config.target, module) if patches is None else patches), torch.no_grad():
                     _export_graph(wrapper, inputs, names, config, temp)
             except (ExportError, UsageError):
                 raise

@@ -44,8 +44,15 @@ def _rows(report: dict[str, Any], scope: str) -> dict[str, dict[str, Any]]:
 def test_default_run_compares_the_usable_backends(default_run: dict[str, Any]) -> None:
     report = default_run["report"]
     compute = _rows(report, "compute")
-    assert {"eager", "torchscript", "onnx-cpu"} <= set(compute)
+    assert {"eager", "torchscript", "onnx-cpu", "onnx-original"} <= set(compute)
     assert compute["eager"]["speedup_vs_eager"] == pytest.approx(1.0)
+    # the original project's ONNX recipe is the baseline of every row's "vs original"
+    assert compute["onnx-original"]["speedup_vs_original"] == pytest.approx(1.0)
+    assert compute["onnx-original"]["provider"] == "CPUExecutionProvider"
+    ratio = compute["onnx-original"]["stats"]["median_ms"] / compute["onnx-cpu"]["stats"]["median_ms"]
+    assert compute["onnx-cpu"]["speedup_vs_original"] == pytest.approx(ratio)
+    assert f"onnx-cpu mobilenetv2 {WIDTH}x{HEIGHT}: latency {1 / ratio:.3f}x the original" in default_run["output"]
+    assert "x the floor)" in default_run["output"]
     assert compute["onnx-cpu"]["provider"] == "CPUExecutionProvider"
     for row in compute.values():
         assert (row["width"], row["height"], row["mode"], row["precision"]) == (WIDTH, HEIGHT, "fixed", "fp32")

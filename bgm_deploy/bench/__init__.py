@@ -31,7 +31,7 @@ from model.spec import BACKBONE_SCALE_RANGE, MAX_SAMPLE_PIXELS, MAX_SIDE, MIN_SA
 
 from ..environment import environment_info
 from ..images import BUNDLED_PAIRS_DIR
-from .backends import BACKENDS, PRECISIONS, ArtifactCache, Inputs, prepare_backend, unavailable_reason
+from .backends import BACKENDS, ORIGINAL_BACKEND, PRECISIONS, ArtifactCache, Inputs, prepare_backend, unavailable_reason
 from .flops import count_flops, measure_peak_gemm
 from .harness import TimingConfig, measure, measure_stages
 from .report import (
@@ -528,15 +528,20 @@ class _Run:
     def _speedups(self) -> None:
         import dataclasses
 
-
         def key(r: Any, precision: str) -> tuple[Any, ...]:
             return (r.backbone, r.backbone_scale, r.sample_pixels, r.width, r.height, r.batch, precision, r.scope)
 
         eager = {key(r, r.precision): r for r in self.results if r.backend == "eager"}
+        original = {key(r, r.precision): r for r in self.results if r.backend == ORIGINAL_BACKEND}
         updated = []
         for r in self.results:
             reference = eager.get(key(r, r.precision)) or eager.get(key(r, "fp32"))
-            updated.append(dataclasses.replace(r, speedup_vs_eager=speedup(reference.stats, r.stats) if reference else None))
+            baseline = original.get(key(r, r.precision)) or original.get(key(r, "fp32"))
+            updated.append(dataclasses.replace(
+                r,
+                speedup_vs_eager=speedup(reference.stats, r.stats) if reference else None,
+                speedup_vs_original=speedup(baseline.stats, r.stats) if baseline else None,
+            ))
         self.results = updated
 
 

@@ -11,6 +11,9 @@ Every backend gives two things once prepared:
 
 Exports come from :func:`bgm_deploy.export.export` (ONNX: roi_align crop +
 scatter_element replace, its defaults) into a work directory, once per model config.
+``onnx-original`` runs the same model exported the way the original project's script does
+(:mod:`exporters.original`) on the same onnxruntime CPU session options as ``onnx-cpu``:
+the comparison users ask for.
 """
 
 from __future__ import annotations
@@ -24,15 +27,19 @@ from typing import Any, Callable
 import numpy as np
 
 import runtimes
-from exporters.config import DEFAULT_EXPORTER, OnnxConfig
+from exporters.config import DEFAULT_EXPORTER, DEFAULT_TRACE_RESOLUTION, OnnxConfig
+from exporters.original import export_original_recipe, original_recipe_config
 from exporters.tensorrt import EngineConfig, engine_from_onnx
+from model.checkpoint import build_model
 from model.config import ModelConfig
 from model.errors import UsageError
 
 from ..export import export
 from .harness import CudaEventTimer, SyncTimer, Timer, cpu_timer
 
-BACKENDS = ("eager", "torchscript", "onnx-cpu", "openvino-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
+BACKENDS = ("eager", "torchscript", "onnx-cpu", "onnx-original", "openvino-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
+# The original project's ONNX recipe (exporters/original.py), the baseline of ``speedup_vs_original``.
+ORIGINAL_BACKEND = "onnx-original"
 PRECISIONS = ("fp32", "fp16")
 # The backends whose work runs on a CUDA device.
 GPU_BACKENDS = ("onnx-cuda", "onnx-tensorrt", "tensorrt")
@@ -67,6 +74,8 @@ def unavailable_reason(backend: str, precision: str, device: str) -> str | None:
     if backend in ("onnx-tensorrt", "tensorrt") and importlib.util.find_spec("tensorrt") is None:
         return "TensorRT is not installed (pip install tensorrt)"
     if precision == "fp16":
+        if backend == ORIGINAL_BACKEND:
+            return "the original ONNX recipe is benchmarked at fp32 on the CPU (as onnx-cpu)"
         if backend in ("onnx-cpu", "openvino-cpu", "onnx-cuda"):
             return "fp16 is benchmarked on TensorRT (onnx-tensorrt, tensorrt) and CUDA PyTorch only"
         if backend in ("eager", "torchscript") and device != "cuda":
@@ -95,7 +104,8 @@ class ArtifactCache:
     def path(
         self, config: ModelConfig, fmt: str, target: str = "generic", trace_resolution: tuple[int, int] | None = None
     ) -> Path:
-        """The exported file of ``config`` in ``fmt`` (``"onnx"``/``"torchscript"``).
+        """The exported file of ``config`` in ``fmt`` (``"onnx"``/``"torchscript"``, or
+        ``"onnx-original"``: the original project's recipe, traced at ``trace_resolution``).
 
         ``target="tensorrt"`` asks the ONNX exporter for its TensorRT-safe graph (no TopK
         with K > 3840), which onnx-tensorrt and the engine builder need.
@@ -106,6 +116,16 @@ class ArtifactCache:
         so the parity re-check would compare different (equally valid) selections.
         """
         key = (config.to_json(), fmt, target)
+        if key not in self._paths and fmt == ORIGINAL_BACKEND:
+            path = self.workdir / f"original{len(self._paths)}.onnx"
+            self.progress(f"exporting {config.backbone} the way the original project's script does (legacy exporter, "
+                          "opset 12, its refiner)…")
+            start = time.perf_counter()
+            model = build_model(original_recipe_config(config), self.checkpoint).eval()
+            size = trace_resolution or DEFAULT_TRACE_RESOLUTION
+            export_original_recipe(model, path, (max(64, size[0]), max(64, size[1])))
+            self.export_seconds[path.name] = time.perf_counter() - start
+            self._paths[key] = path
         if key not in self._paths:
             suffix = {"onnx": ".onnx", "torchscript": ".pt"}[fmt]
             path = self.workdir / f"model{len(self._paths)}{suffix}"
@@ -255,6 +275,9 @@ def prepare_backend(
     if backend == "torchscript":
         path = model_file or artifacts.path(config, "torchscript")
         return RunnerBackend(backend, "torchscript", {"path": path, "device": device}, device, precision)
+    if backend == ORIGINAL_BACKEND:
+        path = artifacts.path(config, ORIGINAL_BACKEND, trace_resolution=(batch_shape[2], batch_shape[1]))
+        return RunnerBackend(backend, "onnxruntime", {"path": path, "provider": "cpu", "threads": threads}, "cpu", precision)
     if backend.startswith("onnx-"):
         provider = backend.split("-", 1)[1]
         target = "tensorrt" if provider == "tensorrt" else "generic"

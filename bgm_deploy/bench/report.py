@@ -42,7 +42,9 @@ class BenchResult:
 
     ``scope`` is ``"compute"`` (tensors ready) or ``"end-to-end"`` (files in, PNG out).
     ``speedup_vs_eager`` is the ratio of eager PyTorch's median to this row's (same model,
-    resolution, precision and scope), None without an eager row. ``flops`` counts one
+    resolution, precision and scope), None without an eager row; ``speedup_vs_original``
+    the same against the original project's ONNX recipe (the ``onnx-original`` row; a
+    latency ratio of ``1 / speedup_vs_original``). ``flops`` counts one
     frame in the fixed-sampling configuration; ``peak_fraction`` is the achieved FLOP/s
     over the device's measured GEMM peak.
     """
@@ -61,6 +63,7 @@ class BenchResult:
     stats: LatencyStats
     refined_fraction: float | None = None
     speedup_vs_eager: float | None = None
+    speedup_vs_original: float | None = None
     flops: int | None = None
     achieved_gflops: float | None = None
     peak_fraction: float | None = None
@@ -141,7 +144,8 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
 
 
 # -- table / markdown ------------------------------------------------------------------------
-COLUMNS = ("backend", "model", "resolution", "precision", "scope", "median ms", "p99 ms", "fps", "vs eager", "CV", "refined")
+COLUMNS = ("backend", "model", "resolution", "precision", "scope", "median ms", "p99 ms", "fps", "vs eager", "vs original",
+           "CV", "refined")
 
 
 def _pixels(count: int) -> str:
@@ -162,6 +166,7 @@ def _row(result: BenchResult) -> list[str]:
         f"{s.p99_ms:.1f}",
         f"{s.fps:.2f}",
         "-" if result.speedup_vs_eager is None else f"{result.speedup_vs_eager:.2f}x",
+        "-" if result.speedup_vs_original is None else f"{result.speedup_vs_original:.2f}x",
         f"{s.cv:.3f}{'!' if s.is_noisy else ''}",
         "-" if result.refined_fraction is None else f"{100 * result.refined_fraction:.2f}%",
     ]
@@ -189,9 +194,18 @@ def _details(report: BenchReport) -> list[str]:
             lines.append(f"end-to-end {result.backend} {result.resolution}: {shares}")
     for result in report.results:
         if result.peak_fraction is not None and result.scope == "compute":
+            # The arithmetic floor: the frame's FLOPs at the measured GEMM peak.
+            floor_ms = result.stats.median_ms * result.peak_fraction
             lines.append(
                 f"{result.backend} {result.backbone} {result.resolution}: {result.flops / 1e9:.1f} GFLOP/frame, "
-                f"{result.achieved_gflops:.1f} GFLOP/s = {100 * result.peak_fraction:.1f}% of measured peak"
+                f"{result.achieved_gflops:.1f} GFLOP/s = {100 * result.peak_fraction:.1f}% of measured peak "
+                f"(floor {floor_ms:.1f} ms; {1 / result.peak_fraction:.2f}x the floor)"
+            )
+    for result in report.results:
+        if result.speedup_vs_original and result.backend != "onnx-original" and result.scope == "compute":
+            lines.append(
+                f"{result.backend} {result.backbone} {result.resolution}: latency {1 / result.speedup_vs_original:.3f}x "
+                "the original project's ONNX recipe (onnx-original)"
             )
     if report.peak_gemm:
         peaks = ", ".join(f"{device} {p['gflops']:.1f} GFLOP/s" for device, p in report.peak_gemm.items())

@@ -1,4 +1,4 @@
-"""exporters.rewrites.FAST_PATCHES: direct patch sampling equals the reference algorithm."""
+"""exporters.rewrites: direct patch sampling, 2x2 blocks and split convolutions equal the reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from exporters.patcher import ModelPatcher
-from exporters.rewrites import FAST_PATCHES
+from exporters.rewrites import FAST_PATCHES, MIN_CELLS_PER_BLOCK, fast_patches
 from model.checkpoint import build_model
 from model.config import ModelConfig
 
@@ -34,6 +34,46 @@ def test_direct_sampling_matches_reference(model: torch.nn.Module, shape: tuple[
     assert expected[5].sum() > 0
     for a, b in zip(expected, got):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def _block_counts(ref: torch.Tensor) -> torch.Tensor:
+    """Selected cells per 2x2 block of a (B, 1, Hq, Wq) refinement map."""
+    padded = torch.nn.functional.pad(ref, (0, ref.shape[3] % 2, 0, ref.shape[2] % 2))
+    return torch.nn.functional.avg_pool2d(padded, 2) * 4
+
+
+@pytest.mark.parametrize("scale", [0.25, 0.125])
+def test_blocks_and_single_cells_mixed(model: torch.nn.Module, scale: float) -> None:
+    """A sparse selection: some 2x2 blocks are refined as one window, the other cells alone;
+    both must give the reference's patches (and non-selected cells of a block stay coarse)."""
+    g = torch.Generator().manual_seed(7)
+    src, bgr = torch.rand(2, 3, 124, 164, generator=g), torch.rand(2, 3, 124, 164, generator=g)
+    model.backbone_scale, model.refine_sample_pixels = scale, 16 * 300
+    try:
+        with torch.no_grad():
+            expected = model(src, bgr)
+            with ModelPatcher(model, fast_patches(model)):
+                got = model(src, bgr)
+    finally:
+        model.backbone_scale, model.refine_sample_pixels = 0.25, 4_000
+    counts = _block_counts(expected[5])
+    assert (counts >= MIN_CELLS_PER_BLOCK).sum() > 0  # some blocks
+    assert ((counts > 0) & (counts < MIN_CELLS_PER_BLOCK)).sum() > 0  # some lone cells
+    assert ((counts > 0) & (counts < 4) & (counts >= MIN_CELLS_PER_BLOCK)).sum() > 0  # partly selected blocks
+    for a, b in zip(expected, got):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_fixed_bilinear_weights_only_for_quarter_scale(model: torch.nn.Module) -> None:
+    """The Gather + fixed-weight GEMM coarse windows are exact only when the coarse map is
+    half the half-resolution size for every input: backbone_scale 0.25, nothing else."""
+    try:
+        for scale, exact in ((0.25, True), (0.125, False), (0.5, False), (0.3, False)):
+            model.backbone_scale = scale
+            assert fast_patches(model)[0].value.keywords == {"exact_half": exact}
+    finally:
+        model.backbone_scale = 0.25
+    assert FAST_PATCHES[0].value.keywords == {"exact_half": False}
 
 
 def test_zero_patches_and_restore(model: torch.nn.Module) -> None:
@@ -70,17 +110,23 @@ def test_other_crop_methods_fall_back(model: torch.nn.Module) -> None:
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
 
-def test_default_onnx_export_has_no_padded_half_resolution_map(tmp_path) -> None:
+@pytest.mark.parametrize(("scale", "roi_aligns"), [(0.25, 8), (0.125, 10)])
+def test_default_onnx_export_samples_windows_directly(tmp_path, scale: float, roi_aligns: int) -> None:
     from bgm_deploy.export import export
     from exporters.config import OnnxConfig
 
     path = tmp_path / "m.onnx"
-    export(ModelConfig(refine_sample_pixels=2_000, refine_patch_crop_method="roi_align",
+    export(ModelConfig(backbone_scale=scale, refine_sample_pixels=2_000, refine_patch_crop_method="roi_align",
                        refine_patch_replace_method="scatter_element"), path, "onnx",
            onnx=OnnxConfig(trace_resolution=(160, 128), simplify=False))
     graph = onnx.load(str(path)).graph
     ops = [node.op_type for node in graph.node]
     assert "Pad" not in ops
-    assert ops.count("RoiAlign") == 5  # coarse, src/bgr at half resolution, src/bgr at full resolution
+    # blocks and single cells: src/bgr at half and at full resolution (8); the coarse windows
+    # are a Gather + fixed-weight MatMul at scale 0.25, RoiAligns otherwise (2 more)
+    assert ops.count("RoiAlign") == roi_aligns
+    assert ("MatMul" in ops) == (scale == 0.25)
     refiner_convs = [n for n in graph.node if n.op_type == "Conv" and "refiner" in n.name]
-    assert len(refiner_convs) == 6  # conv1 and conv3 split in two, conv2, conv4
+    assert len(refiner_convs) == 12  # per path: conv1 and conv3 split in two, conv2, conv4
+    decoder_convs = [n for n in graph.node if n.op_type == "Conv" and "decoder" in n.name]
+    assert len(decoder_convs) == 5  # conv4 split in two
