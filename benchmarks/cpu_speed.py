@@ -13,7 +13,7 @@ with onnxruntime's CPU provider on the same session options as ``bgm-deploy benc
 * ``reference``: our export without speed rewrites;
 * ``previous``: the default before this round (patch inputs sampled per cell, conv1/conv3
   split; commit 8e35242);
-* ``+decoder-split``, ``+fixed-weights`` (backbone 0.25 only): one more rewrite each;
+* ``+fixed-weights`` (backbone 0.25 only): coarse windows by Gather + fixed-weight GEMM;
 * ``default``: what ``bgm-deploy export`` writes now (adds 2x2 blocks).
 
 Every graph's outputs are compared with eager PyTorch on the timed inputs by verify's parity
@@ -57,14 +57,14 @@ CASES = {
     "4k-mobilenetv2": ("mobilenetv2", (3840, 2160)),
     "hd-resnet50": ("resnet50", (1920, 1080)),
 }
-_, SPLIT_CONV1, SPLIT_CONV3, SPLIT_DECODER = _NETWORK_PATCHES
+_, SPLIT_CONV1, SPLIT_CONV3 = _NETWORK_PATCHES
 
 
 def _per_cell(exact_half: bool) -> Patch:
     """Patch inputs sampled directly, one 8x8 window per selected cell (no 2x2 blocks)."""
 
     def gather(hid, pha, fgr, src, bgr, idx, kernel_size, crop_method):  # type: ignore[no-untyped-def]
-        return window_crops(hid, pha, fgr, src, bgr, idx, 1, exact_half)
+        return window_crops(torch.cat([hid, pha, fgr], dim=1).float(), src, bgr, idx, 1, exact_half)
 
     return Patch("module:model.refiner", "gather_patch_inputs", gather)
 
@@ -76,10 +76,8 @@ def variants(model: torch.nn.Module, full: bool) -> dict[str, tuple[Patch, ...] 
     if full:
         chosen["reference"] = EXPORT_PATCHES
     chosen["previous"] = (*EXPORT_PATCHES, _per_cell(False), SPLIT_CONV1, SPLIT_CONV3)
-    if full:
-        chosen["+decoder-split"] = (*EXPORT_PATCHES, _per_cell(False), SPLIT_CONV1, SPLIT_CONV3, SPLIT_DECODER)
-        if quarter:
-            chosen["+fixed-weights"] = (*EXPORT_PATCHES, _per_cell(True), SPLIT_CONV1, SPLIT_CONV3, SPLIT_DECODER)
+    if full and quarter:
+        chosen["+fixed-weights"] = (*EXPORT_PATCHES, _per_cell(True), SPLIT_CONV1, SPLIT_CONV3)
     chosen["default"] = export_patches("generic", model)
     return chosen
 

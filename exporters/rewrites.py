@@ -33,11 +33,12 @@ work is repeated. The rewrites (measured in benchmarks/README.md, "Where the tim
    4x4 patches are then picked per selected cell (non-selected cells of a block keep the
    coarse result, as in the reference).
 
-3. **Split convolutions**: conv1 and conv3 of the patch network and the decoder's conv4 are
-   applied to their inputs' parts with slices of their weights and summed, instead of to
-   concatenations (``first_conv`` / ``third_conv`` / ``last_conv`` are the seams in
-   ``model/``): no 42-, 22- or 54-channel concatenation is built, and onnxruntime's
-   convolutions are faster on the parts.
+3. **Split convolutions**: conv1 and conv3 of the patch network are applied to their
+   inputs' parts with slices of their weights and summed, instead of to concatenations
+   (``first_conv`` / ``third_conv`` are the seams in ``model/refiner.py``): no 42- or
+   22-channel concatenation is built, and onnxruntime's convolutions are faster on the
+   parts. (The same split of the decoder's conv4 was measured and did not pay: see
+   benchmarks/README.md.)
 
 Only the arithmetic order differs from the reference (float32 rounding, ~1e-6); parity is
 checked by the exporter's re-check and by ``bgm-deploy verify``. The patch-input rewrites
@@ -132,11 +133,12 @@ def _coarse_windows(coarse: Tensor, b: Tensor, cell_i: Tensor, cell_j: Tensor, s
     return torchvision.ops.roi_align(coarse, boxes, size, 1.0, 1, True)
 
 
-def window_crops(hid: Tensor, pha: Tensor, fgr: Tensor, src: Tensor, bgr: Tensor, windows: Tensor, cells: int,
+def window_crops(coarse: Tensor, src: Tensor, bgr: Tensor, windows: Tensor, cells: int,
                  exact_half: bool) -> tuple[SplitCrops, Tensor]:
     """The patch network's inputs for square groups of ``cells`` x ``cells`` cells.
 
     Args:
+        coarse: ``cat(hid, pha, fgr)`` of the coarse maps, float32.
         windows: ``(N, 3)`` rows ``(b, i, j)``: the group's first cell.
         cells: 1 (a cell: 8x8 half- and full-resolution windows, as the reference) or 2 (a
             2x2 block: 10x10 and 12x12).
@@ -150,7 +152,6 @@ def window_crops(hid: Tensor, pha: Tensor, fgr: Tensor, src: Tensor, bgr: Tensor
     half_h, half_w = full_h // 2, full_w // 2
     half_size, full_size = 2 * cells + 6, 4 * cells + 4
     b, i, j = windows[:, 0], windows[:, 1], windows[:, 2]
-    coarse = torch.cat([hid, pha, fgr], dim=1).float()
     row0, col0 = i * 2 - 3, j * 2 - 3
     mask = _window_mask(row0, col0, half_size, half_h, half_w)
     x = _coarse_windows(coarse, b, i, j, half_size, half_h, half_w, exact_half) * mask
@@ -222,9 +223,10 @@ def gather_patch_inputs_fast(
                                                                                device=idx.device))
     block_row = (number[b, bi, bj] * 2 + (i - bi * 2)) * 2 + (j - bj * 2)
     rows = torch.where(in_block, block_row, blocks.shape[0] * 4 + single_number)
-    block_crops = window_crops(hid, pha, fgr, src, bgr, blocks * torch.tensor([1, 2, 2], dtype=idx.dtype,
-                                                                                   device=idx.device), 2, exact_half)
-    single_crops = window_crops(hid, pha, fgr, src, bgr, singles, 1, exact_half)
+    coarse = torch.cat([hid, pha, fgr], dim=1).float()
+    first_cells = blocks * torch.tensor([1, 2, 2], dtype=idx.dtype, device=idx.device)
+    block_crops = window_crops(coarse, src, bgr, first_cells, 2, exact_half)
+    single_crops = window_crops(coarse, src, bgr, singles, 1, exact_half)
     crops = QuadCrops(block_crops, single_crops, rows)
     return crops, crops  # type: ignore[return-value]  # refine_patches(x, y) receives both halves here
 
@@ -269,18 +271,6 @@ def _split_conv(conv: torch.nn.Conv2d, first: Tensor, second: Tensor) -> Tensor:
     return F.conv2d(first, conv.weight[:, :channels], conv.bias) + F.conv2d(second, conv.weight[:, channels:])
 
 
-def _split_last_conv(original: Callable[[Tensor, Tensor], Tensor]) -> Callable[[Tensor, Tensor], Tensor]:
-    decoder = original.__self__  # type: ignore[attr-defined]
-
-    def last_conv(x: Tensor, x0: Tensor) -> Tensor:
-        channels = x.shape[1]
-        conv = decoder.conv4
-        # The bias goes with the first part (one Add fewer; the graph keeps conv4's bias tensor).
-        return F.conv2d(x, conv.weight[:, :channels], conv.bias, 1, 1) + F.conv2d(x0, conv.weight[:, channels:], None, 1, 1)
-
-    return last_conv
-
-
 def _split_first_conv(original: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     refiner = original.__self__  # type: ignore[attr-defined]
 
@@ -301,8 +291,7 @@ def _split_third_conv(original: Callable[[Tensor, Tensor], Tensor]) -> Callable[
     return third_conv
 
 
-# Patches after the patch-input one, for every model (the refiner ones are optional: a
-# MattingBase has no refiner).
+# Patches after the patch-input one (optional: a MattingBase has no refiner).
 _NETWORK_PATCHES: tuple[Patch, ...] = (
     Patch("refiner", "refine_patches", _quad_refine_patches, wrap=True, optional=True,
           reason="2x2 blocks of cells refined as one window; each selected cell's patch picked from the block"),
@@ -310,8 +299,6 @@ _NETWORK_PATCHES: tuple[Patch, ...] = (
           reason="conv1 on the two crop parts instead of their 42-channel concatenation"),
     Patch("refiner", "third_conv", _split_third_conv, wrap=True, optional=True,
           reason="conv3 on its two inputs instead of their 22-channel concatenation"),
-    Patch("decoder", "last_conv", _split_last_conv, wrap=True,
-          reason="the decoder's conv4 on its two inputs instead of their 54-channel full-size concatenation"),
 )
 
 # backbone_scale 0.25 (the HD preset): the coarse map is exactly half the half-resolution

@@ -36,8 +36,4 @@ class Decoder(nn.Module):
         x = F.interpolate(x, size=x1.shape[2:], mode="bilinear", align_corners=False)
         x = self.relu(self.bn3(self.conv3(torch.cat([x, x1], dim=1))))
         x = F.interpolate(x, size=x0.shape[2:], mode="bilinear", align_corners=False)
-        return self.last_conv(x, x0)
-
-    def last_conv(self, x: Tensor, x0: Tensor) -> Tensor:
-        """``conv4`` on ``cat(x, x0)`` (a seam for export rewrites)."""
         return self.conv4(torch.cat([x, x0], dim=1))

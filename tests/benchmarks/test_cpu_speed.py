@@ -14,7 +14,7 @@ def test_smoke_run_writes_every_graph_with_parity(tmp_path, capsys) -> None:
     result = json.loads(out.read_text())
     (case,) = result["cases"]
     graphs = {row["graph"]: row for row in case["graphs"]}
-    assert list(graphs) == ["original", "reference", "previous", "+decoder-split", "+fixed-weights", "default"]
+    assert list(graphs) == ["original", "reference", "previous", "+fixed-weights", "default"]
     assert graphs["original"]["vs_original"] == 1.0 and graphs["previous"]["vs_previous"] == 1.0
     for row in graphs.values():
         # 320x256 refines 5,000 of 5,120 cells, many tied at zero error: "warn" is the explained tie

@@ -21,23 +21,32 @@ def _row(backend: str, backbone: str, size: tuple[int, int], ms: float) -> Bench
 
 def _report(onnx_ms: float) -> BenchReport:
     hd = (1920, 1080)
-    results = [_row("eager", "mobilenetv2", hd, 650.0), _row("onnx-cpu", "mobilenetv2", hd, onnx_ms),
+    onnx = _row("onnx-cpu", "mobilenetv2", hd, onnx_ms)
+    # 20 GFLOP/frame at a 200 GFLOP/s peak: a 100 ms floor
+    onnx = type(onnx)(**{**onnx.__dict__, "flops": 20 * 10**9, "achieved_gflops": 20 / (onnx_ms / 1e3),
+                         "peak_fraction": 100.0 / onnx_ms})
+    results = [_row("eager", "mobilenetv2", hd, 650.0), onnx, _row("onnx-original", "mobilenetv2", hd, 400.0),
                _row("onnx-cpu", "resnet50", hd, 100.0)]
     env = {"cpu": "Test CPU", "cpu_count": 2, "gpu": None, "platform": "linux", "python": "3", "torch": "t", "onnxruntime": "o"}
     return BenchReport(results, [SkippedBackend("tensorrt", "fp32", "no CUDA device")], env, {"threads": 2})
 
 
-@pytest.mark.parametrize(("onnx_ms", "verdict"), [(300.0, "which meets"), (330.0, "which does NOT meet")])
-def test_headline_ratio_and_verdict(onnx_ms: float, verdict: str) -> None:
+@pytest.mark.parametrize(("onnx_ms", "original", "floor"), [
+    (150.0, "meets the ≤ 0.5x original", "meets the ≤ 1.5x floor"),
+    (190.0, "meets the ≤ 0.5x original", "does NOT meet the ≤ 1.5x floor"),
+    (240.0, "does NOT meet the ≤ 0.5x original", "does NOT meet the ≤ 1.5x floor"),
+])
+def test_headline_ratios_and_verdicts(onnx_ms: float, original: str, floor: str) -> None:
     text = run_published.headline(_report(onnx_ms))
-    assert f"ratio {onnx_ms / 650.0:.3f}" in text and verdict in text
+    assert f"{onnx_ms / 400.0:.3f}x the original project's ONNX recipe (400.0 ms)" in text
+    assert f"{onnx_ms / 100.0:.2f}x the FLOP floor (100.0 ms)" in text and f"{onnx_ms / 650.0:.3f}x eager" in text
+    assert original in text and floor in text
 
 
 def test_noisy_rows_invalidate_the_headline() -> None:
     report = _report(300.0)
-    report.results[1] = _row("onnx-cpu", "mobilenetv2", (1920, 1080), 300.0)
-    report.results[1] = type(report.results[1])(**{**report.results[1].__dict__, "stats": summarize([0.2, 0.3, 0.4])})
-    assert "not a valid measurement" in run_published.headline(report)
+    report.results[2] = type(report.results[2])(**{**report.results[2].__dict__, "stats": summarize([0.3, 0.4, 0.5])})
+    assert "not a valid measurement" in run_published.headline(report)  # the original's row is noisy
     assert "not a valid measurement" not in run_published.headline(_report(300.0))
 
 

@@ -128,5 +128,3 @@ def test_default_onnx_export_samples_windows_directly(tmp_path, scale: float, ro
     assert ("MatMul" in ops) == (scale == 0.25)
     refiner_convs = [n for n in graph.node if n.op_type == "Conv" and "refiner" in n.name]
     assert len(refiner_convs) == 12  # per path: conv1 and conv3 split in two, conv2, conv4
-    decoder_convs = [n for n in graph.node if n.op_type == "Conv" and "decoder" in n.name]
-    assert len(decoder_convs) == 5  # conv4 split in two
