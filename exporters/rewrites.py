@@ -210,7 +210,9 @@ def gather_patch_inputs_fast(
     counts = selected.view(batch, grid_h, 2, grid_w, 2).sum(dim=(2, 4))
     dense = counts >= MIN_CELLS_PER_BLOCK
     # One extra block (0, 0, 0) and one extra single cell (0, 0, 0) keep both batches
-    # non-empty (as the reference's extra cell does); their patches are never picked.
+    # non-empty (as the reference's extra cell does); their patches are never picked. When
+    # block (0, 0, 0) is also a real block, ``number`` gets two writes there: either wins, as
+    # both windows are the same block with the same patches.
     zero = idx.new_zeros((1, 3))
     blocks = torch.cat([torch.nonzero(dense), zero], dim=0)
     number = torch.zeros(batch, grid_h, grid_w, dtype=idx.dtype, device=idx.device)
