@@ -13,7 +13,8 @@ and reproduced here on our reference model (same weights, same results):
   windows cropped from the padded full-resolution ``cat(src, bgr)``; the coarse ``pha`` and
   ``fgr`` concatenated, upsampled to full resolution as one 4-channel map, the patches
   written into it and the two outputs sliced back out;
-* its sampling: a plain top-k (``k = sample_pixels // 16``) over the error map.
+* its sampling: a plain top-k (``k = sample_pixels // 16``) over the error map, so like the
+  original it cannot run where ``k`` exceeds the quarter-resolution grid (small inputs).
 
 Not reproduced, because they change results rather than cost: the original's ``scatter_element``
 batch stride (wrong at batch >= 2) and its Python ``if`` on the patch count, which tracing
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from model.config import ModelConfig
-from model.errors import ExportError
+from model.errors import ExportError, UsageError
 from model.refiner import crop_patches, replace_patches
 from model.spec import INPUT_NAMES
 
@@ -122,6 +123,7 @@ def export_original_recipe(model: nn.Module, output: str | Path, trace_resolutio
         trace_resolution: ``(width, height)`` of the example inputs (the graph stays dynamic).
 
     Raises:
+        UsageError: the sample budget exceeds the grid at ``trace_resolution`` (the original's top-k fails).
         ExportError: the model is not set up for the recipe, or the exporter failed.
     """
     output = Path(output)
@@ -134,6 +136,13 @@ def export_original_recipe(model: nn.Module, output: str | Path, trace_resolutio
     model_type = "refine" if hasattr(model, "refiner") else "base"
     names = output_names(model_type)
     width, height = trace_resolution
+    cells = (width // 4) * (height // 4)
+    if model_type == "refine" and model.refine_mode == "sampling" and model.refine_sample_pixels // 16 > cells:
+        raise UsageError(
+            f"the original ONNX recipe cannot run at {width}x{height}: its top-k takes sample_pixels // 16 = "
+            f"{model.refine_sample_pixels // 16} cells of a {cells}-cell grid (a defect of the original, kept in this "
+            f"baseline); use --sample-pixels {16 * cells} or less, or a larger --resolution"
+        )
     generator = torch.Generator().manual_seed(0)
     inputs = tuple(torch.rand(trace_batch, 3, height, width, generator=generator) for _ in range(2))
     wrapper = OutputSelector(model, tuple(range(len(names)))).eval()

@@ -12,7 +12,7 @@ from exporters.original import ORIGINAL_OPSET, ORIGINAL_PATCHES, export_original
 from exporters.patcher import ModelPatcher
 from model.checkpoint import build_model
 from model.config import ModelConfig
-from model.errors import ExportError
+from model.errors import ExportError, UsageError
 
 CONFIG = ModelConfig(refine_sample_pixels=16 * 40, refine_mode="sampling", refine_prevent_oversampling=False)
 
@@ -60,4 +60,12 @@ def test_recipe_refuses_other_patch_methods(tmp_path) -> None:
     other = build_model(CONFIG.replace(refine_patch_crop_method="unfold", refine_patch_replace_method="scatter_nd")).eval()
     with pytest.raises(ExportError, match="original_recipe_config"):
         export_original_recipe(other, tmp_path / "o.onnx", (160, 128))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_sample_budget_larger_than_the_grid_is_refused_clearly(tmp_path) -> None:
+    """The original's top-k cannot take more cells than the grid has: a clear error, no file."""
+    big = build_model(original_recipe_config(CONFIG.replace(refine_sample_pixels=80_000))).eval()
+    with pytest.raises(UsageError, match=r"cannot run at 160x128: .* 5000 cells of a 1280-cell grid.*--sample-pixels 20480"):
+        export_original_recipe(big, tmp_path / "o.onnx", (160, 128))
     assert list(tmp_path.iterdir()) == []
