@@ -29,7 +29,6 @@ This is a measuring stick, not an export users should deploy: use :func:`exporte
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,11 +38,10 @@ from torch import Tensor, nn
 
 from model.config import ModelConfig
 from model.errors import ExportError, UsageError
-from model.refiner import crop_patches, replace_patches
-from model.spec import INPUT_NAMES
+from model.refiner import crop_patches, replace_patches, select_refinement_regions
 
-from .config import dynamic_axes, output_names
-from .onnx import OutputSelector, check_writable, temp_path_for
+from .config import OnnxConfig, output_names
+from .onnx import OutputSelector, _export_graph, check_writable, example_inputs, temp_path_for
 from .patcher import EXPORT_PATCHES, ModelPatcher, Patch
 
 ORIGINAL_OPSET = 12
@@ -52,9 +50,10 @@ ORIGINAL_REPLACE = "scatter_element"
 
 
 def original_selection(err: Tensor, mode: str, sample_pixels: int, threshold: float, prevent_oversampling: bool) -> Tensor:
-    """The original's cell selection: top-k over the flattened error map (k a constant)."""
+    """The original's cell selection: top-k over the flattened error map (k a constant);
+    thresholding is the reference's own."""
     if mode != "sampling":
-        return (err > threshold).to(err.dtype)
+        return select_refinement_regions(err, mode, sample_pixels, threshold, prevent_oversampling)
     flat = err.flatten(1)
     indices = flat.topk(sample_pixels // 16, dim=1, sorted=False).indices
     ref = torch.zeros_like(flat).scatter(1, indices, 1.0)
@@ -143,16 +142,14 @@ def export_original_recipe(model: nn.Module, output: str | Path, trace_resolutio
             f"{model.refine_sample_pixels // 16} cells of a {cells}-cell grid (a defect of the original, kept in this "
             f"baseline); use --sample-pixels {16 * cells} or less, or a larger --resolution"
         )
-    generator = torch.Generator().manual_seed(0)
-    inputs = tuple(torch.rand(trace_batch, 3, height, width, generator=generator) for _ in range(2))
+    # The legacy exporter at opset 12, as our own exports call it (constant folding on, dynamic
+    # batch/height/width); no simplification or checks after it, as in the original's script.
+    config = OnnxConfig(opset=ORIGINAL_OPSET, exporter="legacy", trace_batch=trace_batch, trace_resolution=(width, height))
     wrapper = OutputSelector(model, tuple(range(len(names)))).eval()
     temp = temp_path_for(output, ".onnx")
     try:
-        with warnings.catch_warnings(), ModelPatcher(model, ORIGINAL_PATCHES), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, inputs, str(temp), input_names=list(INPUT_NAMES), output_names=list(names),
-                              dynamic_axes=dynamic_axes(INPUT_NAMES + names), opset_version=ORIGINAL_OPSET,
-                              do_constant_folding=True, dynamo=False)
+        with ModelPatcher(model, ORIGINAL_PATCHES), torch.no_grad():
+            _export_graph(wrapper, example_inputs(config, torch.float32), names, config, temp)
         os.replace(temp, output)
     except ExportError:
         raise
