@@ -39,11 +39,10 @@ import numpy as np
 import torch
 
 import runtimes
-from bgm_deploy.bench import FIXED_PAIR, BenchConfig, _load_rgb, _model_config, _to_batch, parse_resolution
+from bgm_deploy.bench import FIXED_PAIR, BenchConfig, _inputs, _model_config, parse_resolution
 from bgm_deploy.bench.flops import count_flops, measure_peak_gemm
 from bgm_deploy.bench.report import write_atomic
 from bgm_deploy.environment import cpu_model
-from bgm_deploy.images import BUNDLED_PAIRS_DIR
 from bgm_deploy.verify import VerifyConfig, compare_case
 from exporters.config import OnnxConfig, output_names
 from exporters.onnx import export_patches, onnx_from_torch
@@ -89,7 +88,7 @@ def _feeds(size: tuple[int, int], scattered: bool) -> dict[str, np.ndarray]:
     if scattered:
         rng = np.random.default_rng(0)
         return {part: rng.random((1, 3, size[1], size[0]), dtype=np.float32) for part in ("src", "bgr")}
-    return {part: _to_batch(_load_rgb(BUNDLED_PAIRS_DIR / FIXED_PAIR / f"{part}.jpg", size), 1) for part in ("src", "bgr")}
+    return _inputs("fixed", size, 1)[0].feeds()  # the bundled pair bench's fixed mode times
 
 
 def cells_in_blocks(ref_sm: np.ndarray) -> float:

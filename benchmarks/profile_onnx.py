@@ -22,10 +22,9 @@ from typing import Any
 import numpy as np
 
 import runtimes
-from bgm_deploy.bench import FIXED_PAIR, BenchConfig, _load_rgb, _model_config, _to_batch, parse_resolution
+from bgm_deploy.bench import BenchConfig, _inputs, _model_config, parse_resolution
 from bgm_deploy.bench.backends import ArtifactCache
 from bgm_deploy.bench.report import write_atomic
-from bgm_deploy.images import BUNDLED_PAIRS_DIR
 from model.errors import BgmDeployError
 
 
@@ -104,9 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 config = _model_config(BenchConfig(backbones=(args.backbone,), resolutions=(size,)), args.backbone, size)
                 artifacts = ArtifactCache(workdir, lambda message: print(message, file=sys.stderr), onnx_exporter=args.exporter)
                 path = artifacts.path(config, "onnx", "generic", size)
-            feeds = {
-                part: _to_batch(_load_rgb(BUNDLED_PAIRS_DIR / FIXED_PAIR / f"{part}.jpg", size), 1) for part in ("src", "bgr")
-            }
+            feeds = _inputs("fixed", size, 1)[0].feeds()  # the bundled pair bench's fixed mode times
             print(f"profiling {path.name} at {size[0]}x{size[1]}, {args.runs} runs…", file=sys.stderr)
             events = profile(path, feeds, args.runs, args.threads, workdir)
     except BgmDeployError as exc:
