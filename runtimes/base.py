@@ -13,9 +13,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from model.errors import RunnerError
+from model.errors import RunnerError, UsageError
 
 Dim = int | str | None
+
+
+def check_threads(threads: int | None) -> None:
+    """Raises :class:`UsageError` unless ``threads`` is None (the runtime's default) or >= 1."""
+    if threads is not None and threads < 1:
+        raise UsageError(f"threads={threads!r} is not valid; it must be >= 1 or None")
 
 
 @dataclass(frozen=True)

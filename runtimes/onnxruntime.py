@@ -16,7 +16,7 @@ import numpy as np
 
 from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
 
-from .base import BaseRunner, Dim, TensorMeta
+from .base import BaseRunner, Dim, TensorMeta, check_threads
 from .registry import register_runner
 
 log = logging.getLogger(__name__)
@@ -106,8 +106,7 @@ class OnnxRuntimeRunner(BaseRunner):
             raise UsageError(f"provider={provider!r} is not valid for the onnxruntime runner; valid: {', '.join(PROVIDERS)}")
         if device_id < 0:
             raise UsageError(f"device_id={device_id!r} is not valid; it must be >= 0")
-        if threads is not None and threads < 1:
-            raise UsageError(f"threads={threads!r} is not valid; it must be >= 1 or None")
+        check_threads(threads)
         self.path = Path(path)
         self.requested_provider = provider
         self.device_id = device_id

@@ -23,7 +23,7 @@ import onnx
 
 from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
 
-from .base import BaseRunner, Dim, TensorMeta
+from .base import BaseRunner, Dim, TensorMeta, check_threads
 from .registry import register_runner
 
 log = logging.getLogger(__name__)
@@ -77,8 +77,7 @@ class OpenVinoRunner(BaseRunner):
             raise UsageError(f"device={device!r} is not valid for the openvino runner; valid: {', '.join(DEVICES)}")
         if precision not in PRECISIONS:
             raise UsageError(f"precision={precision!r} is not valid for the openvino runner; valid: {', '.join(PRECISIONS)}")
-        if threads is not None and threads < 1:
-            raise UsageError(f"threads={threads!r} is not valid; it must be >= 1 or None")
+        check_threads(threads)
         self.path = Path(path)
         self.device = device
         self.precision = precision
