@@ -156,13 +156,14 @@ def window_crops(coarse: Tensor, src: Tensor, bgr: Tensor, windows: Tensor, cell
     mask = _window_mask(row0, col0, half_size, half_h, half_w)
     x = _coarse_windows(coarse, b, i, j, half_size, half_h, half_w, exact_half) * mask
     # src and bgr are cropped separately: no full-resolution cat(src, bgr) is ever built.
+    src32, bgr32 = src.float(), bgr.float()  # RoiAlign boxes and maps in float32 (no-ops at fp32)
     boxes = _boxes(b, row0, col0, 2.0, 2.0, half_size)
-    images = torch.cat([torchvision.ops.roi_align(src.float(), boxes, half_size, 1.0, 1, True),
-                        torchvision.ops.roi_align(bgr.float(), boxes, half_size, 1.0, 1, True)], dim=1) * mask
+    images = torch.cat([torchvision.ops.roi_align(src32, boxes, half_size, 1.0, 1, True),
+                        torchvision.ops.roi_align(bgr32, boxes, half_size, 1.0, 1, True)], dim=1) * mask
     row0, col0 = i * 4 - 2, j * 4 - 2
     boxes = _boxes(b, row0, col0, 1.0, 1.0, full_size)
-    full = torch.cat([torchvision.ops.roi_align(src.float(), boxes, full_size, 1.0, 1, True),
-                      torchvision.ops.roi_align(bgr.float(), boxes, full_size, 1.0, 1, True)], dim=1)
+    full = torch.cat([torchvision.ops.roi_align(src32, boxes, full_size, 1.0, 1, True),
+                      torchvision.ops.roi_align(bgr32, boxes, full_size, 1.0, 1, True)], dim=1)
     full = full * _window_mask(row0, col0, full_size, full_h, full_w)
     # Kept as two parts: conv1 is applied to each with its slice of the weights (see
     # ``_split_first_conv``), so the 42-channel crop tensor is never concatenated.
