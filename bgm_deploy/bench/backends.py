@@ -36,10 +36,9 @@ from model.errors import UsageError
 
 from ..export import export
 from .harness import CudaEventTimer, SyncTimer, Timer, cpu_timer
+from .report import ORIGINAL_BACKEND
 
-BACKENDS = ("eager", "torchscript", "onnx-cpu", "onnx-original", "openvino-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
-# The original project's ONNX recipe (exporters/original.py), the baseline of ``speedup_vs_original``.
-ORIGINAL_BACKEND = "onnx-original"
+BACKENDS = ("eager", "torchscript", "onnx-cpu", ORIGINAL_BACKEND, "openvino-cpu", "onnx-cuda", "onnx-tensorrt", "tensorrt")
 PRECISIONS = ("fp32", "fp16")
 # The backends whose work runs on a CUDA device.
 GPU_BACKENDS = ("onnx-cuda", "onnx-tensorrt", "tensorrt")
