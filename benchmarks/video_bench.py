@@ -68,7 +68,7 @@ page = os.sysconf("SC_PAGE_SIZE")
 def current_mib():
     with open("/proc/self/statm") as handle:
         return int(handle.read().split()[1]) * page / 2**20
-with Predictor.load(model, runner_options={"threads": 2, "allow_spinning": False}) as predictor:
+with Predictor.load(model, threads=2, shared_cores=True) as predictor:
     width, height = Image.open(plate).size
     frame = np.zeros((1, 3, height, width), np.uint8)
     predictor.predict(frame, frame, ("pha", "fgr"))  # the runtime's buffers allocated before measuring
@@ -273,7 +273,7 @@ def main() -> None:
         frames = _decode_all(clip)
         load_before = os.getloadavg()
         rounds: list[dict[str, Any]] = []
-        with Predictor.load(model, runner_options={"threads": 2, "allow_spinning": False}) as predictor:
+        with Predictor.load(model, threads=2, shared_cores=True) as predictor:
             # The three modes alternate, round after round, so that a change in the machine's
             # load (it is shared) hits all of them alike; ratios are taken within each round.
             for number in range(args.rounds):

@@ -316,9 +316,9 @@ def matte(
         say(f"loading {model or checkpoint or 'the model'} ({provider}) ...")
         loading = time.perf_counter()
         predictor = Predictor.load(
-            model, checkpoint=checkpoint, model_config=model_config, provider=provider,
+            model, checkpoint=checkpoint, model_config=model_config,
+            target="openvino-cpu" if runtime == "openvino" else provider,
             allow_fallback=allow_fallback, padding=options.padding, config_file=config_file,
-            runner=runtime,
         )
         say(f"model loaded in {time.perf_counter() - loading:.1f} s; matting {len(todo)} pair(s)")
         _warn_sample_pixels(predictor, todo[0], options, say)

@@ -15,13 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from exporters.metadata import detect_format, read_metadata
 from model.checkpoint import config_for_checkpoint, read_checkpoint
 from model.config import ModelConfig
 from model.errors import ModelFileError, UsageError
 from runtimes import BaseRunner, create_runner
-from runtimes.providers import runner_options as options_for
 
+from .model_spec import ModelSpec, spec_for_config
 from .images import pil_to_rgb, to_uint8
 
 log = logging.getLogger(__name__)
@@ -70,6 +69,7 @@ class Predictor:
         model_config: ModelConfig | None = None,
         source: str = "<runner>",
         padding: str = "replicate",
+        target: str | None = None,
     ) -> None:
         if model_type not in _NEEDS:
             raise UsageError(f"model_type={model_type!r} is not valid; valid: {', '.join(_NEEDS)}")
@@ -80,6 +80,7 @@ class Predictor:
         self.model_config = model_config
         self.source = source
         self.padding = padding
+        self.target = target or runner.name
         self._owns_activation = not runner.is_active
         if self._owns_activation:
             runner.activate()
@@ -91,88 +92,101 @@ class Predictor:
     def load(
         cls,
         path: str | Path | None = None,
+        *,
         checkpoint: str | Path | None = None,
         model_config: ModelConfig | None = None,
-        provider: str = "cpu",
-        runner: Any = None,
+        target: str | None = None,
+        threads: int | None = None,
         allow_fallback: bool = False,
         padding: str = "replicate",
-        runner_options: dict[str, Any] | None = None,
         config_file: str | Path | None = None,
+        options: dict[str, Any] | None = None,
+        shared_cores: bool = False,
     ) -> Predictor:
-        """Loads a model and activates its runner.
+        """Loads a model and activates its runner (a :class:`~bgm_deploy.model_spec.ModelSpec`
+        built from the arguments, loaded by :meth:`ModelSpec.load`).
 
         Args:
-            path: an exported model (``.onnx``, TorchScript ``.pt``, TensorRT ``.engine``) with
-                bgm-deploy metadata. None: run the PyTorch reference (``checkpoint`` and/or
-                ``model_config``; synthetic weights from ``model_config.seed`` without a checkpoint).
+            path: an exported model (``.onnx``, TorchScript ``.pt``, TensorRT ``.engine``, ...)
+                with bgm-deploy metadata. None: run the PyTorch reference (``checkpoint``
+                and/or ``model_config``; synthetic weights from ``model_config.seed``).
             checkpoint: a ``pytorch_<backbone>.pth`` file; only without ``path``.
             model_config: the model to build (without ``path``); with ``path``, only used when
                 the file carries no metadata (e.g. the original release's TorchScript files).
-            provider: ``"cpu"``, ``"cuda"`` or ``"tensorrt"``.
-            runner: a registered runner name to use instead of the one chosen from the file
-                format (``"openvino"`` runs an ONNX file in OpenVINO at f32; its precision via
-                ``runner_options={"precision": ...}``), or an already created runner (then
-                ``path`` etc. are ignored).
-            allow_fallback: when the requested provider is not usable, warn loudly and run on
-                what is, instead of raising ``RuntimeUnavailableError``.
+            target: a registered target (``onnxruntime-cpu``, ``openvino-cpu``, ...) or a
+                device word (``cpu``, ``cuda``, ``tensorrt``); None: the format's CPU default.
+            threads: intra-op threads (None: the runtime's default).
+            allow_fallback: when the target's device is not usable, warn loudly and run on the
+                CPU instead of raising ``RuntimeUnavailableError``.
             padding: ``"replicate"`` or ``"reflect"``, for sizes not divisible by 4.
-            runner_options: extra runner keyword arguments (``threads``, ``trt_fp16``,
-                ``cache_dir``, ``device_id``, ...).
-            config_file: with ``path``: its metadata JSON (the ``<file>.bgm.json`` export wrote),
-                read before the file's own, for a file a graph tool stripped (``--config``).
+            config_file: with ``path``: its metadata JSON (the ``<file>.bgm.json`` export wrote).
+            options: the target's own options (e.g. ``{"precision": "f32"}`` for OpenVINO).
+            shared_cores: other threads of this process need the cores (see ModelSpec.load).
 
         Raises:
             UsageError, ModelFileError, CheckpointError, RuntimeUnavailableError.
         """
-
-        if isinstance(runner, BaseRunner):
-            model_type = model_config.model_type if model_config is not None else None
-            if model_type is None:
-                was_active = runner.is_active
-                if not was_active:
-                    runner.activate()
-                names = set(runner.output_metadata())
-                # Only a base model has err/hid; with just pha/fgr, assume refine (its padding
-                # to a multiple of 4 also suits a base model).
-                model_type = "base" if names & {"err", "hid"} else "refine"
-                if not was_active:
-                    runner.deactivate()
-            return cls(runner, model_type, model_config, source=f"<{runner.name} runner>", padding=padding)
-        if path is not None and checkpoint is not None:
-            raise UsageError(
-                f"pass either a model file (path={str(path)!r}) or a checkpoint (checkpoint={str(checkpoint)!r}), not both"
-            )
-        extra = dict(runner_options or {})
         if path is not None:
-
-            fmt = detect_format(path)
+            spec = ModelSpec(model=str(path), checkpoint=checkpoint, config_file=config_file, target=target, threads=threads,
+                             allow_fallback=allow_fallback, options=options or {}, padding=padding)
             try:
-                config: ModelConfig = read_metadata(path, config_file).model_config
+                config = spec.model_config()
             except ModelFileError:
                 if model_config is None:
                     raise
-                config = model_config
-                if fmt == "torchscript":
-                    extra.setdefault("model_type", config.model_type)
-            name, opts = options_for(fmt, provider, allow_fallback, "openvino" if runner == "openvino" else None)
-            opts = {"path": str(path), **opts}
-            source = str(path)
-        else:
-            config = _pytorch_config(checkpoint, model_config)
-            name, opts = options_for("pytorch", provider, allow_fallback)
-            opts = {"model_config": config, "checkpoint": checkpoint, **opts}
-            source = str(checkpoint) if checkpoint is not None else f"PyTorch reference ({config.weights_label})"
-        if isinstance(runner, str):
-            name = runner
-        elif runner is not None:
-            raise UsageError(f"runner={runner!r} is not valid; pass a registered runner name or a runner instance")
-        try:
-            instance = create_runner(name, **{**opts, **extra})
-        except TypeError as exc:  # an option the chosen runner does not take
-            raise UsageError(f"runner {name!r} cannot take options {sorted({**opts, **extra})}: {exc}") from None
-        log.info("loaded %s with runner %s", source, name)
-        return cls(instance, config.model_type, config, source=source, padding=padding)
+                config = model_config  # a file without metadata, described by the caller
+            return cls.from_spec(spec, model_config=config, shared_cores=shared_cores)
+        if checkpoint is None and model_config is None:
+            raise UsageError(
+                "nothing to load: pass a model file (path=/--model), a checkpoint (checkpoint=/--checkpoint), "
+                "or a model_config for synthetic weights"
+            )
+        spec = spec_for_config(model_config, checkpoint, target=target, threads=threads,
+                               allow_fallback=allow_fallback, options=options or {}, padding=padding)
+        config = None
+        if model_config is not None:
+            config = config_for_checkpoint(model_config, checkpoint) if checkpoint is not None else model_config
+        return cls.from_spec(spec, model_config=config, shared_cores=shared_cores)
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec, shared_cores: bool = False, precision: str = "fp32",
+                  cache_dir: str | Path | None = None, model_config: ModelConfig | None = None) -> Predictor:
+        """The one loader: ``spec`` checked, its target's runner built and activated.
+
+        Args:
+            spec: what to load and where to run it.
+            shared_cores: other threads of this process need the cores (video decoding and
+                encoding): runtimes that spin-wait for work are told not to.
+            precision: ``fp32`` or ``fp16`` where the target takes it (eager PyTorch).
+            cache_dir: engine cache of GPU runtimes.
+            model_config: the config when already read (saves reading the file twice).
+
+        Raises:
+            UsageError, ModelFileError, CheckpointError, RuntimeUnavailableError.
+        """
+        target = spec.check()
+        config = model_config or spec.model_config()
+        request = spec.load_request(target, config, shared_cores, precision, cache_dir)
+        runner = create_runner(target.runner, **target.build(request))
+        log.info("loading %s on target %s", spec.source, target.name)
+        return cls(runner, config.model_type, config, source=spec.source, padding=spec.padding, target=target.name)
+
+    @classmethod
+    def from_runner(cls, runner: BaseRunner, model_config: ModelConfig | None = None,
+                    padding: str = "replicate") -> Predictor:
+        """A predictor around a runner you created yourself (active or not)."""
+        model_type = model_config.model_type if model_config is not None else None
+        if model_type is None:
+            was_active = runner.is_active
+            if not was_active:
+                runner.activate()
+            names = set(runner.output_metadata())
+            # Only a base model has err/hid; with just pha/fgr, assume refine (its padding
+            # to a multiple of 4 also suits a base model).
+            model_type = "base" if names & {"err", "hid"} else "refine"
+            if not was_active:
+                runner.deactivate()
+        return cls(runner, model_type, model_config, source=f"<{runner.name} runner>", padding=padding)
 
     def close(self) -> None:
         """Deactivates the runner if this predictor activated it."""
@@ -200,6 +214,7 @@ class Predictor:
         return {
             "source": self.source,
             "runner": self.runner.name,
+            "target": self.target,
             "provider": self.provider,
             "model_type": self.model_type,
             "io_dtype": self._dtype.name,
@@ -265,21 +280,6 @@ class Predictor:
                 if value is not None:
                     setattr(result, key, value[0])
         return result
-
-
-def _pytorch_config(checkpoint: str | Path | None, model_config: ModelConfig | None) -> ModelConfig:
-    """The config of the PyTorch reference: from the checkpoint's keys unless given."""
-
-    if checkpoint is None:
-        if model_config is None:
-            raise UsageError(
-                "nothing to load: pass a model file (path=/--model), a checkpoint (checkpoint=/--checkpoint), "
-                "or a model_config for synthetic weights"
-            )
-        return model_config
-    if model_config is None:
-        return config_from_checkpoint(checkpoint)
-    return config_for_checkpoint(model_config, checkpoint)
 
 
 def config_from_checkpoint(checkpoint: str | Path, **overrides: Any) -> ModelConfig:

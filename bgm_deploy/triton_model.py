@@ -88,7 +88,7 @@ class TritonPythonModel:
             checkpoint=resolve(params.get("checkpoint", "")),
             model_config=model_config,
             padding=params.get("padding", "replicate"),
-            runner_options={"threads": threads} if threads and model_file and model_file.endswith(".onnx") else None,
+            threads=threads,
         )
         self.outputs = tuple(item["name"] for item in config["output"])
         self.io_dtype = np.dtype(params.get("io_dtype", "uint8"))

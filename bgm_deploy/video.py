@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from exporters.atomic import atomic_write_text
-from exporters.metadata import detect_format
 from model.config import ModelConfig
 from model.errors import UsageError, VideoError
 
@@ -636,10 +635,8 @@ def matte_video(
         if predictor is None:
             # The decoder and encoders share the cores with the model: onnxruntime's spinning
             # CPU threads would take their time, so an ONNX model on the CPU runs without it.
-            onnx_on_cpu = model is not None and provider == "cpu" and detect_format(model) == "onnx"
-            predictor = Predictor.load(model, checkpoint=checkpoint, model_config=model_config, provider=provider,
-                                       allow_fallback=allow_fallback, padding=options.padding,
-                                       runner_options={"allow_spinning": False} if onnx_on_cpu else None)
+            predictor = Predictor.load(model, checkpoint=checkpoint, model_config=model_config, target=provider,
+                                       allow_fallback=allow_fallback, padding=options.padding, shared_cores=True)
             owned = True
         report.model = predictor.describe()
         needed = _needed(options.outputs)

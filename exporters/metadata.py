@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,25 +73,62 @@ class ExportMetadata:
             raise ModelFileError(f"{source}: bgm-deploy metadata is unreadable ({exc}); re-export the model") from None
 
 
+@dataclass(frozen=True)
+class FileFormat:
+    """A kind of exported model file, registered by the exporter that writes it.
+
+    Attributes:
+        name: the format (``onnx``), what targets declare they run.
+        suffixes: file suffixes, lower case, with the dot.
+        read_embedded: the metadata stored inside the file; raises :class:`ModelFileError`
+            with "no bgm-deploy metadata" in the message when there is none (the sidecar is
+            read then).
+        directory: the "file" is a folder (a Core ML ``.mlpackage``).
+    """
+
+    name: str
+    suffixes: tuple[str, ...]
+    read_embedded: Callable[[Path], ExportMetadata]
+    directory: bool = False
+
+
+_FORMATS: dict[str, FileFormat] = {}
+
+
+def register_format(fmt: FileFormat) -> FileFormat:
+    """Adds a file format; a name or suffix registered twice raises."""
+    taken = {suffix: other.name for other in _FORMATS.values() for suffix in other.suffixes}
+    clash = [suffix for suffix in fmt.suffixes if suffix in taken]
+    if fmt.name in _FORMATS or clash:
+        raise ModelFileError(f"file format {fmt.name!r} is already registered (or its suffixes {clash} are)")
+    _FORMATS[fmt.name] = fmt
+    return fmt
+
+
+def file_formats() -> list[FileFormat]:
+    return list(_FORMATS.values())
+
+
 def detect_format(path: str | Path) -> str:
-    """``"onnx"``, ``"torchscript"`` or ``"tensorrt"`` from the file's suffix/content."""
+    """The registered format of ``path`` from its suffix (``onnx``, ``torchscript``, ...);
+    a suffix-less zip archive is taken for TorchScript."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ModelFileError(f"model file {path} does not exist")
     suffix = path.suffix.lower()
-    if suffix == ".onnx":
-        return "onnx"
-    if suffix in (".pt", ".pth", ".ts", ".torchscript", ".jit"):
-        return "torchscript"
-    if suffix in (".engine", ".plan", ".trt"):
-        return "tensorrt"
-    with open(path, "rb") as handle:
-        head = handle.read(4)
-    if head[:2] == b"PK":
-        return "torchscript"
-    raise ModelFileError(
-        f"{path}: cannot tell the model format from suffix {suffix!r}; use .onnx, .pt/.torchscript or .engine"
-    )
+    for fmt in _FORMATS.values():
+        if suffix in fmt.suffixes:
+            if fmt.directory != path.is_dir():
+                kind = "a folder" if fmt.directory else "a file"
+                raise ModelFileError(f"model {path}: a {fmt.name} model is {kind}")
+            return fmt.name
+    if path.is_file():
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+        if head[:2] == b"PK":
+            return "torchscript"
+    known = ", ".join(s for fmt in _FORMATS.values() for s in fmt.suffixes)
+    raise ModelFileError(f"{path}: cannot tell the model format from suffix {suffix!r}; known suffixes: {known}")
 
 
 def sidecar_config_path(path: str | Path) -> Path:
@@ -134,44 +172,57 @@ def read_metadata(path: str | Path, config: str | Path | None = None) -> ExportM
         return read_config_file(sidecar, "sidecar")
 
 
-def _read_embedded(path: Path, fmt: str) -> ExportMetadata:
-    if fmt == "onnx":
-        import onnx
+def _read_onnx(path: Path) -> ExportMetadata:
+    import onnx
 
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as exc:  # onnx raises DecodeError and friends without a common base
-            raise ModelFileError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
-        props = {p.key: p.value for p in proto.metadata_props}
-        if METADATA_KEY not in props:
-            raise ModelFileError(
-                f"{path}: has no bgm-deploy metadata (not exported by bgm-deploy, or a tool stripped it) and no "
-                f"sidecar {sidecar_config_path(path).name}; pass the config export wrote with --config "
-                f"FILE{SIDECAR_SUFFIX}, or export the model with 'bgm-deploy export' (matte also runs a PyTorch "
-                "checkpoint directly: --checkpoint FILE)"
-            )
-        return ExportMetadata.from_json(props[METADATA_KEY], str(path))
-    if fmt == "torchscript":
-        import torch
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # onnx raises DecodeError and friends without a common base
+        raise ModelFileError(f"{path}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+    props = {p.key: p.value for p in proto.metadata_props}
+    if METADATA_KEY not in props:
+        raise ModelFileError(
+            f"{path}: has no bgm-deploy metadata (not exported by bgm-deploy, or a tool stripped it) and no "
+            f"sidecar {sidecar_config_path(path).name}; pass the config export wrote with --config "
+            f"FILE{SIDECAR_SUFFIX}, or export the model with 'bgm-deploy export' (matte also runs a PyTorch "
+            "checkpoint directly: --checkpoint FILE)"
+        )
+    return ExportMetadata.from_json(props[METADATA_KEY], str(path))
 
-        if looks_like_checkpoint(path):
-            raise ModelFileError(
-                f"{path} is a PyTorch checkpoint (weights), not an exported model; export it first: "
-                f"bgm-deploy export --format onnx --checkpoint {path} -o model.onnx"
-            )
-        extra = {TORCHSCRIPT_EXTRA_FILE: ""}
-        try:
-            torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
-        except (RuntimeError, ValueError) as exc:
-            raise ModelFileError(f"{path}: not a readable TorchScript file ({str(exc).splitlines()[0]})") from None
-        if not extra[TORCHSCRIPT_EXTRA_FILE]:
-            raise ModelFileError(
-                f"{path}: has no bgm-deploy metadata (extra file {TORCHSCRIPT_EXTRA_FILE} missing) and no sidecar "
-                f"{sidecar_config_path(path).name}; pass the config export wrote with --config FILE{SIDECAR_SUFFIX}"
-            )
-        text = extra[TORCHSCRIPT_EXTRA_FILE]
-        return ExportMetadata.from_json(text.decode() if isinstance(text, bytes) else text, str(path))
+
+def _read_torchscript(path: Path) -> ExportMetadata:
+    import torch
+
+    if looks_like_checkpoint(path):
+        raise ModelFileError(
+            f"{path} is a PyTorch checkpoint (weights), not an exported model; pass it with --checkpoint {path}, "
+            f"or export it first: bgm-deploy export --format onnx --checkpoint {path} -o model.onnx"
+        )
+    extra = {TORCHSCRIPT_EXTRA_FILE: ""}
+    try:
+        torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except (RuntimeError, ValueError) as exc:
+        raise ModelFileError(f"{path}: not a readable TorchScript file ({str(exc).splitlines()[0]})") from None
+    if not extra[TORCHSCRIPT_EXTRA_FILE]:
+        raise ModelFileError(
+            f"{path}: has no bgm-deploy metadata (extra file {TORCHSCRIPT_EXTRA_FILE} missing) and no sidecar "
+            f"{sidecar_config_path(path).name}; pass the config export wrote with --config FILE{SIDECAR_SUFFIX}"
+        )
+    text = extra[TORCHSCRIPT_EXTRA_FILE]
+    return ExportMetadata.from_json(text.decode() if isinstance(text, bytes) else text, str(path))
+
+
+def _read_engine(path: Path) -> ExportMetadata:
     sidecar = path.with_suffix(path.suffix + ".json")
     if not sidecar.is_file():
         raise ModelFileError(f"{path}: engine metadata sidecar {sidecar.name} is missing; rebuild the engine with bgm-deploy")
     return ExportMetadata.from_json(sidecar.read_text(), str(sidecar))
+
+
+def _read_embedded(path: Path, fmt: str) -> ExportMetadata:
+    return _FORMATS[fmt].read_embedded(path)
+
+
+register_format(FileFormat("onnx", (".onnx",), _read_onnx))
+register_format(FileFormat("torchscript", (".pt", ".pth", ".ts", ".torchscript", ".jit"), _read_torchscript))
+register_format(FileFormat("tensorrt", (".engine", ".plan", ".trt"), _read_engine))

@@ -9,6 +9,7 @@ the session is created and raises (or, with ``allow_fallback``, warns loudly) in
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, U
 
 from .base import BaseRunner, Dim, TensorMeta, check_threads
 from .registry import register_runner
+from .targets import LoadRequest, Target, all_of, cuda_missing, module_missing, register_target
 
 log = logging.getLogger(__name__)
 
@@ -265,3 +267,51 @@ def _to_numpy(value: Any) -> np.ndarray:
         return value.detach().cpu().numpy()
     return np.asarray(value)
 
+
+
+# -- targets ----------------------------------------------------------------------------------
+def _provider_missing(provider: str) -> Callable[[], str | None]:
+    """onnxruntime-gpu lists its CUDA/TensorRT providers even without a GPU: compiled in is
+    not usable, so the GPU is checked too."""
+
+    def check() -> str | None:
+        ort = _import_onnxruntime()
+        name = PROVIDERS[provider]
+        if name not in ort.get_available_providers():
+            return f"onnxruntime {ort.__version__} has no {name} ({INSTALL_HINTS[provider]})"
+        reason = cuda_missing()
+        return None if reason is None else f"{name} compiled in, not usable: {reason}"
+
+    return check
+
+
+def _options(provider: str) -> Callable[[LoadRequest], dict[str, Any]]:
+    def build(request: LoadRequest) -> dict[str, Any]:
+        options: dict[str, Any] = {"path": request.path, "provider": provider, "allow_fallback": request.allow_fallback}
+        if provider == "cpu":
+            options["threads"] = request.threads
+            options["allow_spinning"] = not request.shared_cores
+        else:
+            options["trt_fp16"] = request.precision == "fp16"
+            options["cache_dir"] = request.cache_dir
+        return options
+
+    return build
+
+
+_ORT = module_missing("onnxruntime", "pip install onnxruntime, or onnxruntime-gpu for CUDA/TensorRT")
+register_target(Target(
+    "onnxruntime-cpu", "onnxruntime", "cpu", ("onnx",), "ONNX Runtime, CPU execution provider",
+    _options("cpu"), _ORT, default_for=("onnx",), bench="onnx-cpu", recipe="onnx",
+))
+register_target(Target(
+    "onnxruntime-cuda", "onnxruntime", "cuda", ("onnx",), "ONNX Runtime, CUDA execution provider",
+    _options("cuda"), all_of(_ORT, _provider_missing("cuda")), default_for=("onnx",), bench="onnx-cuda",
+    recipe="onnx", verified=False,
+))
+register_target(Target(
+    "onnxruntime-tensorrt", "onnxruntime", "cuda", ("onnx",),
+    "ONNX Runtime, TensorRT execution provider (TensorRT-safe graph)",
+    _options("tensorrt"), all_of(_ORT, _provider_missing("tensorrt")), aliases=("tensorrt",),
+    bench="onnx-tensorrt", recipe="onnx-tensorrt", verified=False,
+))

@@ -25,6 +25,7 @@ from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, U
 
 from .base import BaseRunner, Dim, TensorMeta, check_threads
 from .registry import register_runner
+from .targets import LoadRequest, Target, TargetOption, module_missing, register_target
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +155,17 @@ def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach"):  # torch tensor
         return value.detach().cpu().numpy()
     return np.asarray(value)
+
+
+def _build(request: LoadRequest) -> dict[str, Any]:
+    return {"path": request.path, "threads": request.threads, **request.options}
+
+
+register_target(Target(
+    "openvino-cpu", "openvino", "cpu", ("onnx",), "OpenVINO CPU plugin (ONNX files, f32 unless told otherwise)",
+    _build, module_missing("openvino", 'pip install "bgm-deploy[openvino]"'),
+    options=(TargetOption("precision", "--openvino-precision",
+                          "OpenVINO inference precision; default = OpenVINO's own (bf16 on AVX512-BF16/AMX CPUs)",
+                          PRECISIONS, DEFAULT_PRECISION),),
+    bench="openvino-cpu", recipe="onnx",
+))

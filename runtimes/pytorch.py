@@ -18,6 +18,7 @@ from model.spec import INPUT_NAMES, OUTPUT_NAMES
 from .base import BaseRunner, TensorMeta
 from .providers import to_tensor, torch_device
 from .registry import register_runner
+from .targets import LoadRequest, Target, cuda_missing, register_target
 from .torchscript import import_torch
 
 if TYPE_CHECKING:
@@ -114,3 +115,22 @@ class PyTorchRunner(BaseRunner):
             raise RunnerError(f"runner 'pytorch': {exc}") from None
         named = dict(zip(OUTPUT_NAMES[self.model_type], results))
         return {name: named[name].detach().cpu().numpy() for name in self.output_names}
+
+
+def _build(device: str) -> Any:
+    def build(request: LoadRequest) -> dict[str, Any]:
+        return {"model_config": request.model_config, "checkpoint": request.checkpoint, "device": device,
+                "allow_fallback": request.allow_fallback,
+                "dtype": "float16" if request.precision == "fp16" else "float32"}
+
+    return build
+
+
+register_target(Target(
+    "pytorch-cpu", "pytorch", "cpu", ("pytorch",), "the PyTorch reference model, eager, on the CPU",
+    _build("cpu"), default_for=("pytorch",), bench="eager",
+))
+register_target(Target(
+    "pytorch-cuda", "pytorch", "cuda", ("pytorch",), "the PyTorch reference model, eager, on a CUDA GPU",
+    _build("cuda"), cuda_missing, default_for=("pytorch",), bench="eager-cuda", verified=False,
+))

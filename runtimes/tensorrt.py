@@ -21,6 +21,7 @@ from model.errors import ModelFileError, RunnerError
 
 from .base import BaseRunner, Dim, TensorMeta
 from .registry import register_runner
+from .targets import LoadRequest, Target, all_of, cuda_missing, module_missing, register_target
 
 
 @register_runner("tensorrt")
@@ -126,3 +127,14 @@ class TensorRTRunner(BaseRunner):
     def _profile_text(self, name: str) -> str:
         low, opt, high = self._engine.get_tensor_profile_shape(name, 0)
         return f"min {tuple(low)} opt {tuple(opt)} max {tuple(high)}"
+
+
+def _build(request: LoadRequest) -> dict[str, Any]:
+    return {"path": request.path}
+
+
+register_target(Target(
+    "tensorrt-cuda", "tensorrt", "cuda", ("tensorrt",), "a native TensorRT engine (.engine) on a CUDA GPU",
+    _build, all_of(module_missing("tensorrt", 'pip install "bgm-deploy[tensorrt]"'), cuda_missing),
+    default_for=("tensorrt",), aliases=("tensorrt",), bench="tensorrt", recipe="tensorrt", verified=False,
+))

@@ -19,6 +19,7 @@ from model.spec import INPUT_NAMES, OUTPUT_NAMES
 from .base import BaseRunner, TensorMeta
 from .providers import to_tensor, torch_device
 from .registry import register_runner
+from .targets import LoadRequest, Target, cuda_missing, register_target
 
 
 def import_torch() -> Any:
@@ -106,3 +107,22 @@ class TorchScriptRunner(BaseRunner):
                 f"({', '.join(self._output_names)})"
             )
         return {name: value.detach().cpu().numpy() for name, value in zip(self._output_names, results)}
+
+
+def _build(device: str) -> Any:
+    def build(request: LoadRequest) -> dict[str, Any]:
+        model_type = request.model_config.model_type if request.model_config is not None else None
+        return {"path": request.path, "device": device, "allow_fallback": request.allow_fallback, "model_type": model_type}
+
+    return build
+
+
+register_target(Target(
+    "torchscript-cpu", "torchscript", "cpu", ("torchscript",), "TorchScript (torch.jit) on the CPU",
+    _build("cpu"), default_for=("torchscript",), bench="torchscript", recipe="torchscript",
+))
+register_target(Target(
+    "torchscript-cuda", "torchscript", "cuda", ("torchscript",), "TorchScript (torch.jit) on a CUDA GPU",
+    _build("cuda"), cuda_missing, default_for=("torchscript",), bench="torchscript-cuda", recipe="torchscript",
+    verified=False,
+))

@@ -164,7 +164,7 @@ def test_openvino_in_predictor_matte_and_bench(legacy_onnx: Path, tmp_path: Path
     rng = np.random.default_rng(1)
     src = rng.random((128, 160, 3), dtype=np.float32)
     bgr = np.clip(src + rng.normal(0, 0.05, src.shape).astype(np.float32), 0, 1)
-    with Predictor.load(legacy_onnx, runner="openvino") as ov, Predictor.load(legacy_onnx) as ort:
+    with Predictor.load(legacy_onnx, target="openvino-cpu") as ov, Predictor.load(legacy_onnx) as ort:
         assert ov.provider == "openvino:CPU/f32"
         got, want = ov.predict(src, bgr, outputs=("pha", "fgr")), ort.predict(src, bgr, outputs=("pha", "fgr"))
         np.testing.assert_allclose(got.pha, want.pha, atol=1e-4)
