@@ -22,10 +22,12 @@ from typing import Any, Callable
 import click
 
 from exporters.config import DEFAULT_EXPORTER, OnnxConfig, TorchScriptConfig
+from exporters.recipes import recipes
 from model.config import ModelConfig, check_resolution
 from model.errors import BgmDeployError, UsageError
 
 from . import __version__
+from .cli_options import model_options, spec_from_options, target_from_options, target_options
 
 log = logging.getLogger("bgm_deploy")
 
@@ -425,8 +427,10 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 
 
 @cli.command("export")
-@click.option("--format", "fmt", required=True, type=click.Choice(["onnx", "torchscript", "tensorrt", "triton"]),
-              help="Output format (tensorrt: an engine; needs TensorRT and a GPU; triton: a model repository folder).")
+@click.option("--format", "fmt", required=True,
+              type=click.Choice(["onnx", "torchscript", "tensorrt", "triton", *(r.format for r in recipes())]),
+              help="Output format (tensorrt: an engine; needs TensorRT and a GPU; triton: a model repository folder; "
+                   + "; ".join(f"{r.format}: {r.summary}" for r in recipes()) + ").")
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Output file (written atomically); --format triton: the model repository folder.")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
@@ -621,10 +625,7 @@ def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="The checkpoint the model was exported from (its sha256 must match the recorded one).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True,
-              help="Execution provider for the exported model; an unusable one is an error, never a silent CPU run.")
-@click.option("--allow-fallback/--no-allow-fallback", default=False, show_default=True,
-              help="Warn instead of failing when the provider is not usable.")
+@target_options
 @click.option("--resolution", "resolutions", multiple=True, metavar="WxH",
               help="Random-input resolution (repeatable) [320x256 256x192 640x480].")
 @click.option("--batch", type=click.IntRange(min=1), default=2, show_default=True,
@@ -640,31 +641,27 @@ def _parse_tolerance(value: str | None, option: str) -> tuple[float | None, dict
               help="Write |Δpha| / |Δfgr| PNG heatmaps of failing cases here.")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
               help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default=None,
-              help="Run an ONNX file with this runtime [onnxruntime]; openvino: pip install \"bgm-deploy[openvino]\".")
-@click.option("--openvino-precision", type=click.Choice(["f32", "bf16", "f16", "default"]), default=None,
-              help="OpenVINO inference precision [f32]; default = OpenVINO's own (bf16 on AVX512-BF16/AMX CPUs).")
 @click.pass_obj
 @handle_errors
 def verify_command(
-    state: Context, model: str, checkpoint: str | None, provider: str, allow_fallback: bool, resolutions: tuple[str, ...],
-    batch: int, pairs_dir: str | None, inputs: str, atol: str | None, rtol: str | None, seed: int,
-    json_path: str | None, save_diff: str | None, config_file: str | None, runtime: str | None,
-    openvino_precision: str | None,
+    state: Context, model: str, checkpoint: str | None, resolutions: tuple[str, ...], batch: int,
+    pairs_dir: str | None, inputs: str, atol: str | None, rtol: str | None, seed: int, json_path: str | None,
+    save_diff: str | None, config_file: str | None, **where: Any,
 ) -> None:
     """Check an exported model against its PyTorch reference (exit 0 pass, 1 parity failure, 2 usage)."""
     # deferred: the API loads torch (see the module docstring)
     from .verify import DEFAULT_RESOLUTIONS, VerifyConfig, format_table, verify
 
+    target, options, settings = target_from_options(where)
     sizes = tuple(_parse_size(text, "--resolution") for item in resolutions for text in item.split(",") if text)
     default_atol, atol_map = _parse_tolerance(atol, "--atol")
     default_rtol, rtol_map = _parse_tolerance(rtol, "--rtol")
     config = VerifyConfig(
-        provider=provider, resolutions=sizes or DEFAULT_RESOLUTIONS, batch=batch,  # type: ignore[arg-type]
+        target=target, options=options, resolutions=sizes or DEFAULT_RESOLUTIONS, batch=batch,  # type: ignore[arg-type]
         inputs=tuple(kind.strip() for kind in inputs.split(",") if kind.strip()), pairs_dir=pairs_dir,
         atol=atol_map, rtol=rtol_map, default_atol=default_atol, default_rtol=default_rtol, checkpoint=checkpoint,
-        save_diff=save_diff, seed=seed, allow_fallback=allow_fallback, json_path=json_path,
-        config_file=config_file, runtime=runtime, openvino_precision=openvino_precision,
+        save_diff=save_diff, seed=seed, allow_fallback=settings["allow_fallback"], threads=settings["threads"],
+        json_path=json_path, config_file=config_file,
     )
     report = verify(model, config, progress=lambda message: state.echo(message, err=True))
     click.echo(format_table(report))

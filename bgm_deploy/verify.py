@@ -28,10 +28,10 @@ from exporters.paths import check_input_file, check_output_dir, check_output_fil
 from model.config import ModelConfig, check_resolution
 from model.errors import ImageError, UsageError
 from runtimes import create_runner
-from runtimes.providers import runner_options
 
 from .environment import environment_info
 from .images import BUNDLED_PAIRS_DIR
+from .model_spec import ModelSpec
 
 REPORT_SCHEMA_VERSION = 1
 DEFAULT_RESOLUTIONS: tuple[tuple[int, int], ...] = ((320, 256), (256, 192), (640, 480))
@@ -50,7 +50,11 @@ class VerifyConfig:
     """What to compare and how strictly.
 
     Attributes:
-        provider: runtime provider for the exported model (``cpu``, ``cuda``, ``tensorrt``).
+        target: where the exported model runs: a registered target (``onnxruntime-cpu``,
+            ``openvino-cpu``, ...) or a device word (``cpu``, ``cuda``, ``tensorrt``); None: the
+            file format's CPU default. An unusable target is an error, never a silent CPU run.
+        options: the target's own options (``{"precision": "default"}`` for OpenVINO).
+        threads: intra-op threads of the runtime (None: its default).
         resolutions: ``(width, height)`` of the random cases (each divisible by 4).
         batch: batch size of one extra random case at the first resolution (1 to skip it).
         inputs: ``random`` and/or ``pairs``.
@@ -61,16 +65,13 @@ class VerifyConfig:
         seed: seed of the random inputs.
         allow_fallback: run on what loaded (loud warning) when the provider is not usable.
         json_path: also write the JSON report there (checked before the run, written atomically).
-        runtime: run the file with this runner instead of the format's default (``"openvino"``
-            for ONNX, CPU); None: onnxruntime / TorchScript / TensorRT by format.
-        openvino_precision: OpenVINO's inference precision hint; None: the runner's ``f32``
-            (keeps mattes right); ``default`` is OpenVINO's own choice (bf16 on CPUs with
-            AVX512-BF16/AMX), ``bf16``/``f16`` ask for those. Only with ``runtime="openvino"``.
         config_file: the model's metadata JSON (the ``<file>.bgm.json`` export wrote) for a file
             whose embedded metadata a tool stripped; read before the file's own (``--config``).
     """
 
-    provider: str = "cpu"
+    target: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    threads: int | None = None
     resolutions: tuple[tuple[int, int], ...] = DEFAULT_RESOLUTIONS
     batch: int = 2
     inputs: tuple[str, ...] = INPUT_KINDS
@@ -85,8 +86,6 @@ class VerifyConfig:
     allow_fallback: bool = False
     json_path: str | None = None
     config_file: str | None = None
-    runtime: str | None = None
-    openvino_precision: str | None = None
 
     def __post_init__(self) -> None:
         for width, height in self.resolutions:
@@ -165,6 +164,7 @@ class VerifyReport:
     warnings: list[str]
     verdict: str  # "pass" or "fail"
     summary: list[str] = field(default_factory=list)
+    target: str = ""
     schema_version: int = REPORT_SCHEMA_VERSION
 
     @property
@@ -597,19 +597,16 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
             f"{path} was exported from a checkpoint (sha256 {model_config.checkpoint_sha256[:12]}…); "
             "pass the same file with --checkpoint"
         )
-    runner_name, options = runner_options(metadata.format, config.provider, config.allow_fallback, config.runtime)
-    if config.openvino_precision is not None:
-        if runner_name != "openvino":
-            raise UsageError(f"--openvino-precision {config.openvino_precision} applies to --runtime openvino only")
-        options["precision"] = config.openvino_precision
+    spec = ModelSpec(model=str(path), config_file=config.config_file, target=config.target,
+                     allow_fallback=config.allow_fallback, options=config.options, threads=config.threads)
+    runner, target, _ = spec.create_runner(model_config)
     say(f"reference: PyTorch eager float32, {model_config.backbone} {model_config.model_type}, weights {model_config.weights_label}")
     reference = create_runner("pytorch", model_config=model_config, checkpoint=config.checkpoint)
-    runner = create_runner(runner_name, path=path, **options)
     cases: list[CaseResult] = []
     warnings: list[str] = []
     summary: list[str] = []
     with reference, runner:
-        say(f"runtime: {runner_name} ({runner.provider})")
+        say(f"target: {target.name} ({runner.provider})")
         for name, src, bgr in _cases(config):
             say(f"case {name} {tuple(src.shape)}")
             case, expected, got = _run_case(name, src, bgr, reference, runner, model_config, io_dtype, precision, config)
@@ -640,6 +637,7 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
         warnings=warnings,
         verdict=verdict,
         summary=summary,
+        target=target.name,
     )
     if config.json_path:
         write_json(report, config.json_path)
@@ -667,7 +665,7 @@ def format_table(report: VerifyReport) -> str:
         lines.append(line)
     for warning in report.warnings:
         lines.append(f"warning: {warning}")
-    lines.append(f"verdict: {report.verdict.upper()} ({report.format} on {report.provider}, {len(report.cases)} cases)")
+    lines.append(f"verdict: {report.verdict.upper()} ({report.format} on {report.target}: {report.provider}, {len(report.cases)} cases)")
     return "\n".join(lines)
 
 

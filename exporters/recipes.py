@@ -108,3 +108,9 @@ def recipes() -> list[Recipe]:
 
 def get_recipe(fmt: str) -> Recipe | None:
     return _RECIPES.get(fmt)
+
+
+# The recipe modules register themselves on import; each keeps its heavy imports (torch,
+# executorch, ...) inside its functions, so the CLI can list the formats for --help quickly.
+# A new format is one module here plus this line's entry.
+from . import _recipe_modules  # noqa: E402,F401  (isort: skip)

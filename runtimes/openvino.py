@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 
 from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
 
@@ -107,6 +106,8 @@ class OpenVinoRunner(BaseRunner):
         self.provider = f"openvino:{self.device}/{actual}"
         # ONNX tensor names in graph order: an OpenVINO port may carry several names (an
         # output that is also an intermediate value), get_any_name() picks any of them.
+        import onnx  # heavy: only when a runner starts (the CLI reads this module's targets for --help)
+
         graph = onnx.load(str(self.path), load_external_data=False).graph
         initializers = {init.name for init in graph.initializer}
         self._names = (

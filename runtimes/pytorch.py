@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from model.checkpoint import build_model
 from model.errors import RunnerError, UsageError
 from model.spec import INPUT_NAMES, OUTPUT_NAMES
 
@@ -91,6 +90,7 @@ class PyTorchRunner(BaseRunner):
         if self._given_module is not None:
             module = self._given_module
         else:
+            from model.checkpoint import build_model  # torch: only when a runner starts (CLI --help reads the targets)
 
             module = build_model(self.model_config, self.checkpoint)
         self.module = module.eval().to(self.device, getattr(torch, self.dtype_name))

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from exporters.tensorrt import check_engine_compatible, import_tensorrt, require_gpu
 from model.errors import ModelFileError, RunnerError
 
 from .base import BaseRunner, Dim, TensorMeta
@@ -49,6 +48,9 @@ class TensorRTRunner(BaseRunner):
     def _activate(self) -> None:
         if not self.path.is_file():
             raise ModelFileError(f"engine file {self.path} does not exist")
+        # torch and TensorRT: only when a runner starts (the CLI reads this module's targets for --help)
+        from exporters.tensorrt import check_engine_compatible, import_tensorrt, require_gpu
+
         trt = import_tensorrt()
         torch = require_gpu(self.device_id, "the tensorrt runner")
         if self.check_compatibility:

@@ -1,0 +1,5 @@
+"""Imports every export recipe module so that it registers (see :mod:`exporters.recipes`)."""
+
+from __future__ import annotations
+
+# Add a new recipe module here (one line); keep it import-light.
