@@ -206,7 +206,7 @@ def connectivity_levels(pred: np.ndarray, true: np.ndarray, step: float = CONN_S
     """Per pixel, the last threshold at which it still belongs to the source region."""
     if not 0 < step <= 1:
         raise UsageError(f"step must be in (0, 1], got {step}")
-    thresholds = [round(k * step, 12) for k in range(1, int(math.floor(1 / step + 1e-9)) + 1)]
+    thresholds = [round(k * step, 12) for k in range(1, math.floor(1 / step + 1e-9) + 1)]
     levels = np.full(pred.shape, -1.0)
     previous = 0.0
     for threshold in thresholds:
