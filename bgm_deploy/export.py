@@ -24,16 +24,18 @@ import torch
 
 from exporters.atomic import atomic_write_text
 from exporters.config import DEFAULT_TRACE_RESOLUTION, PATCH_METHODS, OnnxConfig, TorchScriptConfig
-from exporters.metadata import sidecar_config_path
+from exporters.metadata import file_formats, sidecar_config_path
 from exporters.onnx import SimplifyCheck, example_inputs, onnx_from_torch
 from exporters.paths import check_input_file, check_output_file
 from exporters.preflight import PreflightReport, preflight_onnx
+from exporters.recipes import Recipe, RecipeConfig, get_recipe
 from exporters.tensorrt import EngineConfig, EngineInfo, engine_from_onnx, import_tensorrt, require_gpu
 from exporters.torchscript import torchscript_from_torch
 from model.checkpoint import build_model, config_for_checkpoint
 from model.config import ModelConfig, check_backbone_scale_for, sample_pixels_note
-from model.errors import ExportError, UsageError
+from model.errors import ExportError, MissingExtraError, UsageError
 from runtimes import create_runner
+from runtimes.targets import LoadRequest, targets_for
 
 from .verify import CaseResult, VerifyConfig, VerifyReport, compare_case, verify
 
@@ -177,6 +179,7 @@ def export(
     verify_after: VerifyConfig | bool = False,
     json_path: str | Path | None = None,
     overwrite: bool = False,
+    recipe_config: RecipeConfig | None = None,
 ) -> ExportReport:
     """Builds the model, exports it to ``output``, re-checks the file and, for a TensorRT
     target, runs the preflight. ``bgm-deploy export`` is this function.
@@ -185,7 +188,8 @@ def export(
         model_config: the model (default ``ModelConfig()``); settings left None are decided
             by :func:`resolve_export`. With ``checkpoint`` its sha256 is recorded.
         output: destination file, written atomically.
-        format: ``"onnx"`` or ``"torchscript"``.
+        format: ``"onnx"``, ``"torchscript"`` or a registered recipe (``executorch``, ``aoti``,
+            ``litert``, ``coreml``: see :func:`_export_with_recipe`).
         onnx: ONNX settings (default :class:`OnnxConfig`).
         torchscript: TorchScript settings (default :class:`TorchScriptConfig`).
         checkpoint: official/compatible checkpoint; None uses synthetic weights from
@@ -197,6 +201,8 @@ def export(
         verify_after: run :func:`bgm_deploy.verify.verify` on the file (True: default cases).
         json_path: also write the report there as JSON (atomically).
         overwrite: replace an existing ``output`` (default: refuse, nothing is lost).
+        recipe_config: settings of a registered recipe (default: ``resolution``, and the
+            precision and outputs of ``torchscript`` if given).
 
     Returns:
         :class:`ExportReport`; ``report.ok`` is False when the preflight blocks the file or
@@ -206,6 +212,16 @@ def export(
         UsageError, CheckpointError, ExportError: see the message.
     """
     say = progress or (lambda _message: None)
+    recipe = get_recipe(format)
+    if recipe is not None:
+        settings = recipe_config or RecipeConfig(
+            resolution=resolution or DEFAULT_TRACE_RESOLUTION,
+            precision=torchscript.precision if torchscript is not None else "fp32",
+            outputs=torchscript.outputs if torchscript is not None else None,
+        )
+        return _export_with_recipe(recipe, model_config or ModelConfig(), Path(output), settings, checkpoint, say,
+                                   resolution=resolution, verify_after=verify_after, json_path=json_path,
+                                   overwrite=overwrite)
     model_config, onnx_config = resolve_export(model_config or ModelConfig(), format, onnx, resolution)
     output = Path(output)
     # Paths first: the output may never be the checkpoint, nor an existing file unasked, and
@@ -286,6 +302,132 @@ def export(
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, default=str))
     return report
+
+
+def _export_with_recipe(
+    recipe: Recipe,
+    model_config: ModelConfig,
+    output: Path,
+    config: RecipeConfig,
+    checkpoint: str | Path | None,
+    say: Progress,
+    *,
+    resolution: tuple[int, int] | None,
+    verify_after: VerifyConfig | bool,
+    json_path: str | Path | None,
+    overwrite: bool,
+) -> ExportReport:
+    """:func:`export` for a registered recipe (:mod:`exporters.recipes`): settings resolved,
+    paths checked, the model built, the recipe run, the sidecar written, the file re-checked
+    against eager PyTorch through the format's first usable target, then verify on request.
+
+    Raises:
+        MissingExtraError: the recipe's package is not installed (the message names the extra).
+        UsageError: a fixed-size format without ``resolution``, or a path that cannot be written.
+        ExportError: the recipe failed, or the file differs from PyTorch (file removed).
+    """
+    reason = recipe.unavailable()
+    if reason is not None:
+        raise MissingExtraError(f"--format {recipe.format} cannot export here: {reason}")
+    if recipe.fixed_size and resolution is None:
+        raise UsageError(f"--format {recipe.format} fixes the input size at export: pass --resolution WxH (the size "
+                         "of the images it will run on, e.g. 1920x1080)")
+    model_config = model_config.resolved(resolution, recipe.patch_methods)
+    inputs = [("--checkpoint", checkpoint)]
+    if _is_directory_format(recipe.format):  # a Core ML .mlpackage is a folder
+        if output.exists() and not overwrite:
+            raise UsageError(f"-o/--output {output} already exists; pass --overwrite to replace it, or choose another path")
+        if not output.parent.is_dir():
+            raise UsageError(f"-o/--output {output}: directory {output.parent} does not exist; create it first")
+    else:
+        check_output_file(output, "-o/--output", inputs=inputs, overwrite=overwrite)
+    if output.suffix.lower() != recipe.suffix:
+        raise UsageError(f"-o/--output {output}: --format {recipe.format} writes {recipe.suffix} files; "
+                         f"name it e.g. {output.with_suffix(recipe.suffix).name}")
+    if json_path is not None:
+        check_output_file(json_path, "--json", inputs=[*inputs, ("-o/--output", output)])
+    if checkpoint is not None:
+        model_config = config_for_checkpoint(model_config, checkpoint)
+    check_backbone_scale_for(model_config.backbone_scale, *config.resolution)
+    if checkpoint is None:
+        say(f"WARNING: no checkpoint: exporting SYNTHETIC weights (seed {model_config.seed}); mattes will be "
+            "meaningless. Pass --checkpoint pytorch_<backbone>.pth for a real model.")
+    start = time.perf_counter()
+    model = build_model(model_config, checkpoint)
+    build_seconds = time.perf_counter() - start
+    say(f"build: {model_config.backbone} {model_config.model_type}, weights {model_config.weights_label} ({build_seconds:.1f} s)")
+    result = recipe.export(model, model_config, config, output, say)
+    sidecar = sidecar_config_path(result.path)
+    atomic_write_text(sidecar, result.metadata.to_json())
+    say(f"wrote {sidecar} (the config again, for tools that cannot read the file's own)")
+    warnings = list(result.warnings)
+    recheck = _recheck_recipe(recipe, result.path, model, model_config, config, say, warnings)
+    report = ExportReport(
+        path=str(result.path),
+        format=recipe.format,
+        size_bytes=result.size_bytes,
+        model_config=model_config.to_dict(),
+        export=result.metadata.export,
+        seconds={"build": build_seconds, **result.seconds},
+        warnings=warnings,
+        recheck_max_abs_diff=recheck,
+        sidecar=str(sidecar),
+    )
+    if verify_after:
+        say("verify: comparing the file with PyTorch on the default cases ...")
+        verify_config = verify_after if isinstance(verify_after, VerifyConfig) else VerifyConfig(checkpoint=checkpoint)
+        report.verification = verify(result.path, verify_config, progress=say)
+    if json_path is not None:
+        atomic_write_text(json_path, json.dumps(report.to_dict(), indent=2, default=str))
+    return report
+
+
+def _is_directory_format(fmt: str) -> bool:
+    return any(f.name == fmt and f.directory for f in file_formats())
+
+
+def _recheck_recipe(recipe: Recipe, path: Path, model: torch.nn.Module, model_config: ModelConfig, config: RecipeConfig,
+                    say: Progress, warnings: list[str]) -> dict[str, float] | None:
+    """The file against eager PyTorch at the export size through the first usable target of
+    its format; None (and a warning) when no target can run it here (Core ML off macOS)."""
+    from exporters.torch_program import example_inputs as recipe_inputs
+
+    able = targets_for(recipe.format)
+    usable = [t for t in able if t.device == "cpu" and t.why_unusable() is None]
+    if not usable:
+        reasons = "; ".join(f"{t.name}: {t.why_unusable()}" for t in able) or "no registered target runs it"
+        warnings.append(f"re-check skipped: no runner for {recipe.format} files is usable here ({reasons}); "
+                        "the file's outputs are unverified")
+        say(f"warning: {warnings[-1]}")
+        return None
+    target = usable[0]
+    src, bgr = (t.numpy() for t in recipe_inputs(config, seed=3))
+    reference = create_runner("pytorch", module=model, model_type=model_config.model_type)
+    runner = create_runner(target.runner, **target.build(LoadRequest(recipe.format, path=path, model_config=model_config)))
+    say(f"re-check: running the file on {target.name} and the model in PyTorch at {src.shape[3]}x{src.shape[2]} ...")
+    case = _compare_runners(reference, runner, model_config, [(src, bgr)], "re-check at the export size",
+                            RECHECK_TOLERANCE)[0]
+    worst = max((out.max_abs for out in case.outputs if out.name != "ref_sm"), default=0.0)
+    say(f"re-check: {target.name} vs PyTorch, max abs diff {worst:.2g} ({case.verdict})")
+    if case.verdict == "warn":
+        warnings.append(f"re-check: {case.notes[-1]}")
+    elif case.verdict == "fail":
+        _remove(path)
+        raise ExportError(
+            f"the exported {recipe.format} file differs from PyTorch at the export size (max abs diff {worst:.3g}, "
+            f"tolerance {RECHECK_TOLERANCE}; {'; '.join(case.notes) or 'see bgm-deploy verify'}); file removed; "
+            "re-run with --debug and report it"
+        )
+    return {out.name: out.max_abs for out in case.outputs}
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 def export_engine(

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from exporters.atomic import atomic_open, atomic_write_text
-from exporters.metadata import read_metadata
+from exporters.metadata import fixed_input_shape, read_metadata
 from exporters.paths import check_input_file, check_output_dir, check_output_file
 from model.config import ModelConfig, check_resolution
 from model.errors import ImageError, UsageError
@@ -322,7 +322,32 @@ def _load_pairs(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
     return pairs
 
 
-def _cases(config: VerifyConfig) -> list[tuple[str, np.ndarray, np.ndarray]]:
+def _fixed_size_cases(config: VerifyConfig, shape: tuple[int, int, int, int]) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    """The cases for a file that takes one input shape (ExecuTorch, LiteRT, Core ML): as many
+    random cases as ``config.resolutions`` asks for, all at that shape, the src=bgr case, and
+    the pairs resized to it (bilinear)."""
+    batch, _, height, width = shape
+    cases = []
+    if "random" in config.inputs:
+        for index in range(len(config.resolutions)):
+            src, bgr = _random_case(width, height, batch, config.seed + index)
+            cases.append((f"random {width}x{height}" + (f" batch {batch}" if batch > 1 else ""), src, bgr))
+        src, _ = _random_case(width, height, batch, config.seed + 200)
+        cases.append((f"random {width}x{height} src=bgr", src, src.copy()))
+    if "pairs" in config.inputs:
+        import torch
+
+        for name, src, bgr in _load_pairs(Path(config.pairs_dir) if config.pairs_dir else BUNDLED_PAIRS_DIR):
+            resized = [torch.nn.functional.interpolate(torch.from_numpy(x), size=(height, width), mode="bilinear",
+                                                       align_corners=False).clamp(0, 1).numpy() for x in (src, bgr)]
+            src, bgr = (np.ascontiguousarray(np.repeat(x, batch, axis=0)) for x in resized)
+            cases.append((f"{name} resized to {width}x{height}", src, bgr))
+    return cases
+
+
+def _cases(config: VerifyConfig, fixed_shape: tuple[int, int, int, int] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
+    if fixed_shape is not None:
+        return _fixed_size_cases(config, fixed_shape)
     cases = []
     if "random" in config.inputs:
         for index, (width, height) in enumerate(config.resolutions):
@@ -607,7 +632,7 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
     summary: list[str] = []
     with reference, runner:
         say(f"target: {target.name} ({runner.provider})")
-        for name, src, bgr in _cases(config):
+        for name, src, bgr in _cases(config, fixed_input_shape(metadata.export)):
             say(f"case {name} {tuple(src.shape)}")
             case, expected, got = _run_case(name, src, bgr, reference, runner, model_config, io_dtype, precision, config)
             if case.verdict == "fail" and config.save_diff:

@@ -172,6 +172,22 @@ def read_metadata(path: str | Path, config: str | Path | None = None) -> ExportM
         return read_config_file(sidecar, "sidecar")
 
 
+def fixed_input_shape(export: dict[str, Any]) -> tuple[int, int, int, int] | None:
+    """``(batch, 3, height, width)`` a file takes, or None when its sizes are dynamic."""
+    shape = export.get("input_shape")
+    if not shape or not all(isinstance(dim, int) for dim in shape):
+        return None
+    return tuple(shape)  # type: ignore[return-value]
+
+
+def size_refusal(path: Any, fmt: str, expected: tuple[int, ...], got: tuple[int, ...]) -> str:
+    """The one-line message for an input of another size than a fixed-size file takes."""
+    batch, _, height, width = expected
+    fix = f"re-export with --resolution {got[-1]}x{got[-2]}" if len(got) == 4 else "re-export at that size"
+    return (f"{path}: this {fmt} file takes inputs of shape {list(expected)} only (fixed at export: "
+            f"{width}x{height}, batch {batch}); got {list(got)}: resize the images to {width}x{height}, or {fix}")
+
+
 def _read_onnx(path: Path) -> ExportMetadata:
     import onnx
 

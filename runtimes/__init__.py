@@ -9,5 +9,7 @@ from .registry import create_runner, register_runner, runner_class, runner_names
 from . import onnxruntime, pytorch, torchscript  # noqa: E402,F401  (isort: skip)
 from . import tensorrt  # noqa: E402,F401  (isort: skip) - imports tensorrt only when activated
 from . import openvino  # noqa: E402,F401  (isort: skip) - imports openvino only when activated
+from . import executorch  # noqa: E402,F401  (isort: skip) - imports executorch only when activated
+from . import aoti  # noqa: E402,F401  (isort: skip) - imports torch only when activated
 
 __all__ = ["BaseRunner", "TensorMeta", "create_runner", "register_runner", "runner_class", "runner_names"]

@@ -1,0 +1,155 @@
+"""``program_from_torch``: the torch.export step shared by the ExecuTorch, AOTInductor, LiteRT
+and Core ML recipes, and the rules those files share (input size, metadata, refusals).
+
+Every one of these targets starts from a ``torch.export`` program of the reference model
+under the static-shape refiner (:mod:`exporters.static_refiner`): the data-dependent
+``nonzero`` of the reference refiner is what each of them rejects. The input size is fixed
+at export (``--resolution``, batch ``RecipeConfig.batch``) unless the recipe asks for
+dynamic batch/height/width (AOTInductor). The size is recorded in the metadata
+(``export["input_shape"]``), and a runner given another size refuses it with
+:func:`size_refusal`, which names the fix.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from model.config import ModelConfig, check_resolution
+from model.errors import UsageError
+from model.spec import INPUT_NAMES
+
+from .config import output_names
+from .metadata import BGM_DEPLOY_VERSION, ExportMetadata
+from .recipes import RecipeConfig
+from .static_refiner import StaticOptions, check_static_mode
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+Progress = Callable[[str], None]
+
+STATIC_REFINER = "static-k"
+# Symbolic sizes of a dynamic export: H and W are multiples of 4 (the refiner's grid).
+DYNAMIC_BATCH_MAX = 64
+DYNAMIC_QUARTER_RANGE = (16, 1080)  # H/4 and W/4: 64 .. 4320 pixels
+MIN_SIDE = 64
+
+
+def check_recipe_request(fmt: str, model_config: ModelConfig, config: RecipeConfig) -> tuple[str, ...]:
+    """Checks what a torch.export-based recipe can export before the model is built.
+
+    Returns:
+        the output names the file will have.
+
+    Raises:
+        UsageError: thresholding (see :data:`exporters.static_refiner.THRESHOLDING_REFUSAL`),
+            fp16, a resolution not divisible by 4, a bad batch or unknown outputs.
+    """
+    if model_config.model_type == "refine":
+        check_static_mode(model_config.refine_mode)
+    if config.precision != "fp32":
+        raise UsageError(f"--precision {config.precision} is not supported for --format {fmt}; use fp32 (the default)")
+    width, height = config.resolution
+    check_resolution(width, height, "--resolution")
+    if min(width, height) < MIN_SIDE:
+        raise UsageError(f"--resolution {width}x{height} is too small for --format {fmt}; each side must be >= {MIN_SIDE}")
+    if config.batch < 1:
+        raise UsageError(f"batch={config.batch} is not valid; it must be >= 1")
+    every = output_names(model_config.model_type)
+    names = config.outputs or every
+    unknown = [name for name in names if name not in every]
+    if unknown:
+        raise UsageError(f"outputs={','.join(names)} is not valid: unknown {', '.join(unknown)}; valid: {', '.join(every)}")
+    return tuple(names)
+
+
+def example_inputs(config: RecipeConfig, seed: int = 0, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Seeded ``(src, bgr)`` at the export resolution (``batch`` overrides the config's)."""
+    import torch
+
+    width, height = config.resolution
+    generator = torch.Generator().manual_seed(seed)
+    shape = (batch or config.batch, 3, height, width)
+    return torch.rand(shape, generator=generator), torch.rand(shape, generator=generator)
+
+
+def _select_outputs(model: nn.Module, names: tuple[str, ...], model_type: str) -> nn.Module:
+    """The module returning the chosen outputs as a flat tuple (what the converters want)."""
+    from .onnx import OutputSelector
+
+    every = output_names(model_type)
+    return OutputSelector(model, tuple(every.index(name) for name in names)).eval()
+
+
+def program_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeConfig, names: tuple[str, ...],
+                       options: StaticOptions | None = None, dynamic: bool = False) -> Any:
+    """``torch.export`` of ``model`` (non-strict) under the static-shape refiner.
+
+    Args:
+        model: the eval-mode reference (restored afterwards).
+        model_config: what it was built from.
+        config: the export resolution and batch.
+        names: the outputs to return, in order.
+        options: the static refiner's per-target options.
+        dynamic: batch, height and width symbolic (height and width multiples of 4);
+            the example batch is then at least 2 (torch.export specialises sizes 0 and 1).
+
+    Returns:
+        the ``torch.export.ExportedProgram``.
+    """
+    import torch
+
+    from .patcher import ModelPatcher
+    from .static_refiner import static_patches
+
+    module = _select_outputs(model, names, model_config.model_type)
+    inputs = example_inputs(config, batch=max(config.batch, 2) if dynamic else None)
+    shapes = None
+    if dynamic:
+        from torch.export import Dim
+
+        batch = Dim("batch", min=1, max=DYNAMIC_BATCH_MAX)
+        height_4 = Dim("height_4", min=DYNAMIC_QUARTER_RANGE[0], max=DYNAMIC_QUARTER_RANGE[1])
+        width_4 = Dim("width_4", min=DYNAMIC_QUARTER_RANGE[0], max=DYNAMIC_QUARTER_RANGE[1])
+        spec = {0: batch, 2: 4 * height_4, 3: 4 * width_4}
+        shapes = (spec, spec)
+    with ModelPatcher(model, static_patches(options)), torch.no_grad():
+        return torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
+
+
+def recipe_metadata(model_config: ModelConfig, fmt: str, config: RecipeConfig, names: tuple[str, ...],
+                    options: StaticOptions, dynamic: bool, extra: dict[str, Any]) -> ExportMetadata:
+    """The metadata of a torch.export-based file: the I/O, the input size (fixed or
+    dynamic), the static refiner's settings and the versions that made it."""
+    import torch
+
+    width, height = config.resolution
+    if dynamic:
+        shape: list[Any] = ["batch", 3, "height", "width"]
+    else:
+        shape = [config.batch, 3, height, width]
+    export = {
+        "precision": "fp32",
+        "io_dtype": "float32",
+        "inputs": list(INPUT_NAMES),
+        "outputs": list(names),
+        "input_shape": shape,
+        "export_resolution": [width, height],
+        "refiner": STATIC_REFINER if model_config.model_type == "refine" else None,
+        "index_dtype": options.index_dtype,
+        "torch_version": torch.__version__,
+        "bgm_deploy_version": BGM_DEPLOY_VERSION,
+        **extra,
+    }
+    return ExportMetadata(model_config, fmt, export)
+
+
+def package_version(name: str) -> str | None:
+    """The installed version of a distribution, or None."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
