@@ -32,8 +32,7 @@ from .atomic import new_temp_file
 from .metadata import ExportMetadata, FileFormat, register_format, sidecar_config_path
 from .progress import stage
 from .recipes import ExportResult, Progress, Recipe, RecipeConfig, register_recipe
-from .static_refiner import StaticOptions
-from .torch_program import check_recipe_request, program_from_torch, recipe_metadata
+from .torch_program import StaticOptions, check_recipe_request, error_line, program_from_torch, recipe_metadata
 
 if TYPE_CHECKING:
     from torch import nn
@@ -80,7 +79,7 @@ def pt2_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeCo
         try:
             program = program_from_torch(model, model_config, config, names, OPTIONS, dynamic=dynamic)
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
-            raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]
     temp = new_temp_file(output, SUFFIX)
     try:
@@ -90,7 +89,7 @@ def pt2_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeCo
                     program, package_path=str(temp),
                     inductor_configs={"aot_inductor.metadata": {METADATA_KEY: metadata.to_json()}})
             except Exception as exc:  # noqa: BLE001 - Inductor raises many unrelated types; re-raised as one
-                raise ExportError(f"AOTInductor compilation failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+                raise ExportError(f"AOTInductor compilation failed: {type(exc).__name__}: {error_line(exc)}") from exc
         seconds["compile"] = timing["seconds"]
         os.replace(temp, output)
     finally:
@@ -113,11 +112,6 @@ def read_pt2_metadata(path: Path) -> ExportMetadata:
         raise ModelFileError(f"{path}: has no bgm-deploy metadata (not exported by bgm-deploy) and no sidecar "
                              f"{sidecar_config_path(path).name}; re-export it with bgm-deploy export --format {FORMAT}")
     return ExportMetadata.from_json(stored[METADATA_KEY], str(path))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 register_format(FileFormat(FORMAT, (SUFFIX,), read_pt2_metadata))

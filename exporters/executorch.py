@@ -26,8 +26,7 @@ from .atomic import atomic_write_bytes
 from .metadata import ExportMetadata, FileFormat, register_format, sidecar_config_path
 from .progress import stage
 from .recipes import ExportResult, Progress, Recipe, RecipeConfig, register_recipe
-from .static_refiner import StaticOptions
-from .torch_program import check_recipe_request, package_version, program_from_torch, recipe_metadata
+from .torch_program import StaticOptions, check_recipe_request, error_line, package_version, program_from_torch, recipe_metadata
 
 if TYPE_CHECKING:
     from torch import nn
@@ -77,7 +76,7 @@ def pte_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeCo
         try:
             program = program_from_torch(model, model_config, config, names, OPTIONS)
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
-            raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]
     text = metadata.to_json()
     with stage(progress, "lower", "to_edge_transform_and_lower with the XNNPACK partitioner (30-120 s)") as timing:
@@ -86,7 +85,7 @@ def pte_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeCo
             lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()], constant_methods=constant)
             buffer = lowered.to_executorch().buffer
         except Exception as exc:  # noqa: BLE001 - the lowering raises many unrelated types; re-raised as one
-            raise ExportError(f"ExecuTorch lowering failed: {type(exc).__name__}: {_first_line(exc)}") from exc
+            raise ExportError(f"ExecuTorch lowering failed: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["lower"] = timing["seconds"]
     start = time.perf_counter()
     atomic_write_bytes(output, buffer)
@@ -106,18 +105,13 @@ def read_pte_metadata(path: Path) -> ExportMetadata:
     try:
         program = Runtime.get().load_program(str(path))
     except (RuntimeError, ValueError) as exc:
-        raise ModelFileError(f"{path}: not a readable ExecuTorch program ({_first_line(exc)})") from None
+        raise ModelFileError(f"{path}: not a readable ExecuTorch program ({error_line(exc)})") from None
     if METADATA_METHOD not in program.method_names:
         raise ModelFileError(f"{path}: has no bgm-deploy metadata (no {METADATA_METHOD} method) and no sidecar "
                              f"{sidecar_config_path(path).name}; re-export it with bgm-deploy export --format {FORMAT}")
     method = program.load_method(METADATA_METHOD)
     data: Any = method.execute([])[0]
     return ExportMetadata.from_json(bytes(data.numpy().tolist()).decode(), str(path))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 register_format(FileFormat(FORMAT, (SUFFIX,), read_pte_metadata))

@@ -28,7 +28,7 @@ reference refiner's exactly in eager PyTorch (tests/exporters/test_static_refine
 **Full** mode already has static shapes (whole-map convolutions) and is kept as it is.
 **Thresholding** selects a data-dependent number of cells; a static graph would have to
 budget every cell of the grid (9x the work of full mode at HD, since neighbouring windows
-overlap), so it is refused with :data:`THRESHOLDING_REFUSAL` (use sampling or full).
+overlap), so it is refused with :data:`exporters.torch_program.THRESHOLDING_REFUSAL` (use sampling or full).
 
 Per-target options (:class:`StaticOptions`): LiteRT's converter needs the top-k indices
 as int32 (its ``stablehlo.concatenate`` rejects mixed index types), while ExecuTorch's
@@ -48,45 +48,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from model import refiner as _refiner
-from model.errors import UsageError
 
 from .patcher import EXPORT_PATCHES, Patch
+from .torch_program import StaticOptions, check_static_mode
 
-INDEX_DTYPES = ("int64", "int32")
-STATIC_MODES = ("sampling", "full")
-THRESHOLDING_REFUSAL = (
-    "refine mode 'thresholding' selects a data-dependent number of patches, which static-shape targets "
-    "cannot represent (budgeting every cell would cost ~9x full mode); export with --refine-mode sampling "
-    "(a fixed --refine-sample-pixels budget) or --refine-mode full"
-)
-
-
-@dataclass(frozen=True)
-class StaticOptions:
-    """How the static refiner writes its index arithmetic for one target.
-
-    Attributes:
-        index_dtype: ``int64`` (ExecuTorch, AOTInductor, Core ML) or ``int32`` (LiteRT).
-    """
-
-    index_dtype: str = "int64"
-
-    def __post_init__(self) -> None:
-        if self.index_dtype not in INDEX_DTYPES:
-            raise UsageError(f"index_dtype={self.index_dtype!r} is not valid; valid: {', '.join(INDEX_DTYPES)}")
-
-    @property
-    def torch_index_dtype(self) -> torch.dtype:
-        return torch.int32 if self.index_dtype == "int32" else torch.int64
-
-
-def check_static_mode(mode: str) -> None:
-    """Raises :class:`UsageError` when ``mode`` cannot be exported with static shapes."""
-    if mode == "thresholding":
-        raise UsageError(THRESHOLDING_REFUSAL)
-    if mode not in STATIC_MODES:
-        raise UsageError(f"refine mode {mode!r} is not valid for a static-shape export; valid: {', '.join(STATIC_MODES)}")
-
+__all__ = ["StaticOptions", "check_static_mode", "static_candidates", "static_patches", "static_refiner_forward"]
 
 def static_candidates(err_q: Tensor, sample_pixels: int, prevent_oversampling: bool,
                       index_dtype: torch.dtype = torch.int64) -> tuple[Tensor, Tensor, Tensor]:
@@ -141,7 +107,7 @@ def static_refiner_forward(
     Args and returns as :meth:`model.refiner.Refiner.forward`; ``options`` picks the index dtype.
 
     Raises:
-        UsageError: thresholding mode (:data:`THRESHOLDING_REFUSAL`).
+        UsageError: thresholding mode (:data:`exporters.torch_program.THRESHOLDING_REFUSAL`).
     """
     if mode == "full":
         return type(refiner).forward(refiner, src, bgr, pha, fgr, err, hid, mode, sample_pixels, threshold,
@@ -154,8 +120,11 @@ def static_refiner_forward(
     cells, accepted, ref = static_candidates(err, sample_pixels, prevent_oversampling, index_dtype)
     k = cells.shape[1]
 
-    row = torch.div(cells, quarter_w, rounding_mode="floor")
-    col = cells - row * quarter_w
+    # Row and column of each flat cell index read from two tables, not by division: Core ML's
+    # converter types an integer floor division as float (and its stack then refuses it).
+    rows = torch.arange(quarter_h, dtype=index_dtype, device=src.device).view(-1, 1).expand(-1, quarter_w)
+    cols = torch.arange(quarter_w, dtype=index_dtype, device=src.device).view(1, -1).expand(quarter_h, -1)
+    row, col = rows.reshape(-1)[cells], cols.reshape(-1)[cells]
     image = torch.arange(batch, dtype=index_dtype, device=src.device).view(-1, 1).expand(-1, k)
     idx = torch.stack([image, row, col], dim=2).reshape(-1, 3)
 
@@ -164,7 +133,8 @@ def static_refiner_forward(
 
     # Rejected candidates write to cell (Hq, 0): a row of cells below the image, cropped away.
     keep = accepted.to(index_dtype)
-    target = torch.stack([image, row * keep + quarter_h * (1 - keep), col * keep], dim=2).reshape(-1, 3)
+    target_row = (row * keep + quarter_h * (1 - keep)).to(index_dtype)
+    target = torch.stack([image, target_row, (col * keep).to(index_dtype)], dim=2).reshape(-1, 3)
     target = target.to(torch.int64)
     pha_full = F.interpolate(pha, size=(full_h, full_w), mode="bilinear", align_corners=False)
     fgr_full = F.interpolate(fgr, size=(full_h, full_w), mode="bilinear", align_corners=False)

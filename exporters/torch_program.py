@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.metadata
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from model.config import ModelConfig, check_resolution
@@ -22,12 +23,12 @@ from model.spec import INPUT_NAMES
 
 from .config import output_names
 from .metadata import BGM_DEPLOY_VERSION, ExportMetadata
-from .recipes import RecipeConfig
-from .static_refiner import StaticOptions, check_static_mode
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from .recipes import RecipeConfig
 
 Progress = Callable[[str], None]
 
@@ -36,6 +37,44 @@ STATIC_REFINER = "static-k"
 DYNAMIC_BATCH_MAX = 64
 DYNAMIC_QUARTER_RANGE = (16, 1080)  # H/4 and W/4: 64 .. 4320 pixels
 MIN_SIDE = 64
+
+
+INDEX_DTYPES = ("int64", "int32")
+STATIC_MODES = ("sampling", "full")
+THRESHOLDING_REFUSAL = (
+    "refine mode 'thresholding' selects a data-dependent number of patches, which static-shape targets "
+    "cannot represent (budgeting every cell would cost ~9x full mode); export with --refine-mode sampling "
+    "(a fixed --refine-sample-pixels budget) or --refine-mode full"
+)
+
+
+@dataclass(frozen=True)
+class StaticOptions:
+    """How the static refiner writes its index arithmetic for one target.
+
+    Attributes:
+        index_dtype: ``int64`` (ExecuTorch, AOTInductor, Core ML) or ``int32`` (LiteRT).
+    """
+
+    index_dtype: str = "int64"
+
+    def __post_init__(self) -> None:
+        if self.index_dtype not in INDEX_DTYPES:
+            raise UsageError(f"index_dtype={self.index_dtype!r} is not valid; valid: {', '.join(INDEX_DTYPES)}")
+
+    @property
+    def torch_index_dtype(self) -> torch.dtype:
+        import torch
+
+        return torch.int32 if self.index_dtype == "int32" else torch.int64
+
+
+def check_static_mode(mode: str) -> None:
+    """Raises :class:`UsageError` when ``mode`` cannot be exported with static shapes."""
+    if mode == "thresholding":
+        raise UsageError(THRESHOLDING_REFUSAL)
+    if mode not in STATIC_MODES:
+        raise UsageError(f"refine mode {mode!r} is not valid for a static-shape export; valid: {', '.join(STATIC_MODES)}")
 
 
 def check_recipe_request(fmt: str, model_config: ModelConfig, config: RecipeConfig) -> tuple[str, ...]:
@@ -76,7 +115,7 @@ def example_inputs(config: RecipeConfig, seed: int = 0, batch: int | None = None
     return torch.rand(shape, generator=generator), torch.rand(shape, generator=generator)
 
 
-def _select_outputs(model: nn.Module, names: tuple[str, ...], model_type: str) -> nn.Module:
+def select_outputs(model: nn.Module, names: tuple[str, ...], model_type: str) -> nn.Module:
     """The module returning the chosen outputs as a flat tuple (what the converters want)."""
     from .onnx import OutputSelector
 
@@ -105,7 +144,7 @@ def program_from_torch(model: nn.Module, model_config: ModelConfig, config: Reci
     from .patcher import ModelPatcher
     from .static_refiner import static_patches
 
-    module = _select_outputs(model, names, model_config.model_type)
+    module = select_outputs(model, names, model_config.model_type)
     inputs = example_inputs(config, batch=max(config.batch, 2) if dynamic else None)
     shapes = None
     if dynamic:
@@ -145,6 +184,12 @@ def recipe_metadata(model_config: ModelConfig, fmt: str, config: RecipeConfig, n
         **extra,
     }
     return ExportMetadata(model_config, fmt, export)
+
+
+def error_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (converters raise multi-line traces)."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__
 
 
 def package_version(name: str) -> str | None:

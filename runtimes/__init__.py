@@ -11,5 +11,7 @@ from . import tensorrt  # noqa: E402,F401  (isort: skip) - imports tensorrt only
 from . import openvino  # noqa: E402,F401  (isort: skip) - imports openvino only when activated
 from . import executorch  # noqa: E402,F401  (isort: skip) - imports executorch only when activated
 from . import aoti  # noqa: E402,F401  (isort: skip) - imports torch only when activated
+from . import litert  # noqa: E402,F401  (isort: skip) - imports ai_edge_litert only when activated
+from . import coreml  # noqa: E402,F401  (isort: skip) - imports coremltools only when activated (macOS)
 
 __all__ = ["BaseRunner", "TensorMeta", "create_runner", "register_runner", "runner_class", "runner_names"]
