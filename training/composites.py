@@ -74,6 +74,8 @@ class PlateConfig:
         light_share: share of samples with a brightness/colour change between plate and scene.
         jpeg_share: share of images (src and plate independently) re-encoded as JPEG.
         max_noise: largest standard deviation of the sensor noise added to each image.
+        camouflage_share: share of subjects coloured like the scene behind them
+            (:func:`_camouflage`), where only structure tells them apart.
         absolute_shift: ``max_shift`` is in pixels of the sample itself (crops of a large photo,
             as the refine stage sees them); otherwise it is scaled by ``max(H, W) / 1920`` (at
             least 0.35), as for a whole photo downsampled to the sample size.
@@ -87,6 +89,7 @@ class PlateConfig:
     jpeg_share: float = 0.6
     max_noise: float = 0.02
     absolute_shift: bool = False
+    camouflage_share: float = 0.25
 
 
 @cache
@@ -360,6 +363,23 @@ def _motion_blur(rng: np.random.Generator, alpha: np.ndarray, fgr: np.ndarray) -
     return np.clip(blurred, 0, 1), np.clip(fgr, 0, 1).astype(np.float32)
 
 
+def _camouflage(rng: np.random.Generator, behind: np.ndarray, fgr: np.ndarray) -> np.ndarray:
+    """A subject with the scene's own colours but another structure: the scene flipped, turned
+    or rolled (a red jacket over a red chair). Never the pixels right behind it, which would
+    look like transparency and make the alpha ambiguous."""
+    h, w = behind.shape[:2]
+    kind = rng.integers(3)
+    if kind == 0:
+        copy = behind[::-1, ::-1]
+    elif kind == 1:
+        copy = behind[::-1] if rng.random() < 0.5 else behind[:, ::-1]
+    else:
+        copy = np.roll(behind, (int(rng.integers(h // 4, 3 * h // 4)), int(rng.integers(w // 4, 3 * w // 4))), axis=(0, 1))
+    copy = copy * rng.uniform(0.85, 1.15, 3)
+    mix = rng.uniform(0.6, 1.0)
+    return np.clip(mix * copy + (1 - mix) * fgr, 0, 1).astype(np.float32)
+
+
 # ---------------------------------------------------------------------------------------------
 # Capture effects
 
@@ -413,8 +433,8 @@ def make_sample(seed: int, index: int, size: tuple[int, int], split: str = "trai
     fgr = _image_crop(rng, names, h, w) if rng.random() < 0.55 else _procedural_texture(rng, h, w)
     if rng.random() < 0.5:  # shading on the subject
         fgr = np.clip(fgr * (0.5 + 0.9 * _smooth_noise(rng, h, w, 2, 2))[..., None], 0, 1)
-    if rng.random() < 0.1:  # a subject close in colour to the scene behind it (hard case)
-        fgr = np.clip(0.5 * fgr + 0.5 * scene[margin : margin + h, margin : margin + w] * rng.uniform(0.8, 1.2, 3), 0, 1)
+    if rng.random() < plate.camouflage_share:
+        fgr = _camouflage(rng, scene[margin : margin + h, margin : margin + w], fgr)
     alpha = _alpha(rng, h, w, split) if rng.random() > 0.03 else np.zeros((h, w), np.float32)
     if rng.random() < 0.15:
         alpha, fgr = _motion_blur(rng, alpha, fgr)

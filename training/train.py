@@ -76,7 +76,7 @@ class StageConfig:
 
 STAGE_CONFIGS = {
     "base": StageConfig(
-        steps=1800,
+        steps=1000,
         batch=8,
         sizes=((192, 192), (160, 224), (224, 160), (176, 240)),
         lr={"backbone": 5e-4, "aspp": 1e-3, "decoder": 1e-3},
@@ -84,7 +84,7 @@ STAGE_CONFIGS = {
         val_size=(192, 256),
     ),
     "refine": StageConfig(
-        steps=400,
+        steps=300,
         batch=4,
         sizes=((640, 640), (544, 736), (736, 544)),
         lr={"backbone": 1e-4, "aspp": 1e-4, "decoder": 2e-4, "refiner": 5e-4},
@@ -223,10 +223,11 @@ def save_state(out: Path, stage: str, step: int, model: MattingBase, optimizer: 
 
 
 def load_initial_weights(model: MattingBase, out: Path, stage: str) -> str:
-    """Refine stage: the base stage's best weights (refiner stays at its initialisation)."""
+    """Refine stage: the base stage's last weights, at the end of its schedule, as the original
+    project chains its stages (the refiner stays at its initialisation)."""
     if stage == "base":
         return "random"
-    for name in ("base_best.pth", "base_weights.pth"):
+    for name in ("base_weights.pth",):
         path = out / name
         if path.is_file():
             state = torch.load(path, map_location="cpu", weights_only=True)
