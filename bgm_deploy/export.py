@@ -30,6 +30,7 @@ from exporters.paths import check_input_file, check_output_file
 from exporters.preflight import PreflightReport, preflight_onnx
 from exporters.recipes import Recipe, RecipeConfig, get_recipe
 from exporters.tensorrt import EngineConfig, EngineInfo, engine_from_onnx, import_tensorrt, require_gpu
+from exporters.torch_program import check_recipe_request
 from exporters.torchscript import torchscript_from_torch
 from model.checkpoint import build_model, config_for_checkpoint
 from model.config import ModelConfig, check_backbone_scale_for, sample_pixels_note
@@ -349,6 +350,9 @@ def _export_with_recipe(
     if checkpoint is not None:
         model_config = config_for_checkpoint(model_config, checkpoint)
     check_backbone_scale_for(model_config.backbone_scale, *config.resolution)
+    # Every registered recipe is torch.export-based: its refusals (thresholding, fp16, outputs)
+    # are checked here, before the (slow) model build, and again by the recipe itself.
+    check_recipe_request(recipe.format, model_config, config)
     if checkpoint is None:
         say(f"WARNING: no checkpoint: exporting SYNTHETIC weights (seed {model_config.seed}); mattes will be "
             "meaningless. Pass --checkpoint pytorch_<backbone>.pth for a real model.")

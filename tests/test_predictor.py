@@ -204,8 +204,11 @@ def test_load_from_a_checkpoint_and_load_errors(tmp_path: Path, models: dict[str
 
 # Runners compared for parity in test_same_results_through_every_runner, and runners whose
 # parity needs hardware this suite cannot assume (with where it is tested instead).
-PARITY_RUNNERS = {"onnxruntime", "torchscript", "pytorch", "openvino"}  # openvino: test_openvino_same_results_as_pytorch
-HARDWARE_ONLY_RUNNERS = {"tensorrt": "tests/tensorrt/test_tensorrt_engine.py (marked tensorrt)"}
+PARITY_RUNNERS = {"onnxruntime", "torchscript", "pytorch", "openvino",  # openvino: test_openvino_same_results_as_pytorch
+                  # export then verify against PyTorch: tests/bgm_deploy/test_export_targets.py
+                  "executorch", "aoti", "litert"}
+HARDWARE_ONLY_RUNNERS = {"tensorrt": "tests/tensorrt/test_tensorrt_engine.py (marked tensorrt)",
+                         "coreml": "macOS only: tests/bgm_deploy/test_export_targets.py checks the conversion and spec"}
 
 
 def test_every_registered_runner_is_in_the_parity_matrix() -> None:

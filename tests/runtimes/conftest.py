@@ -13,6 +13,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # the model_files helper lives next to this file
 import model_files  # noqa: E402
+import target_files  # noqa: E402
 
 from runtimes import BaseRunner, create_runner  # noqa: E402
 
@@ -39,6 +40,15 @@ def _openvino_runner(root: Path) -> BaseRunner:
     return create_runner("openvino", path=model_files.model_file("onnx", root))
 
 
+def _coreml_runner(root: Path) -> BaseRunner:
+    from runtimes.coreml import macos_missing
+
+    reason = macos_missing()
+    if reason is not None:
+        pytest.skip(f"coreml runner: {reason}")
+    return create_runner("coreml", path=target_files.target_file("coreml", root))
+
+
 # name -> builds an inactive runner of the shared test model (refine, synthetic seed 0).
 RUNNER_FACTORIES: dict[str, Callable[[Path], BaseRunner]] = {
     "onnxruntime": lambda root: create_runner("onnxruntime", path=model_files.model_file("onnx", root)),
@@ -46,6 +56,11 @@ RUNNER_FACTORIES: dict[str, Callable[[Path], BaseRunner]] = {
     "pytorch": lambda root: create_runner("pytorch", model_config=model_files.TEST_CONFIG),
     "tensorrt": _tensorrt_runner,
     "openvino": _openvino_runner,
+    # torch.export-based targets: files of batch 2 at 128x96 (the contract's feeds)
+    "executorch": lambda root: create_runner("executorch", path=target_files.target_file("executorch", root)),
+    "aoti": lambda root: create_runner("aoti", path=target_files.target_file("aoti", root)),
+    "litert": lambda root: create_runner("litert", path=target_files.target_file("litert", root)),
+    "coreml": _coreml_runner,
 }
 
 
