@@ -32,7 +32,14 @@ from .atomic import new_temp_file
 from .metadata import ExportMetadata, FileFormat, register_format, sidecar_config_path
 from .progress import stage
 from .recipes import ExportResult, Progress, Recipe, RecipeConfig, register_recipe
-from .torch_program import StaticOptions, check_recipe_request, error_line, program_from_torch, recipe_metadata
+from .torch_program import (
+    StaticOptions,
+    check_recipe_request,
+    error_line,
+    program_from_torch,
+    recipe_metadata,
+    rewrites_on,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -77,7 +84,7 @@ def pt2_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeCo
     sizes = "dynamic batch/height/width" if dynamic else f"fixed {width}x{height}, batch {config.batch}"
     with stage(progress, "export", f"torch.export, {sizes} (static-K refiner)") as timing:
         try:
-            program = program_from_torch(model, model_config, config, names, OPTIONS, dynamic=dynamic)
+            program = program_from_torch(model, model_config, config, names, OPTIONS, dynamic=dynamic, rewrites=rewrites_on(config))
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
             raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]

@@ -38,6 +38,7 @@ from .torch_program import (
     package_version,
     program_from_torch,
     recipe_metadata,
+    rewrites_on,
 )
 
 if TYPE_CHECKING:
@@ -86,7 +87,7 @@ def mlpackage_from_torch(model: nn.Module, model_config: ModelConfig, config: Re
     seconds: dict[str, float] = {}
     with stage(progress, "export", f"torch.export at {width}x{height}, batch {config.batch} (static-K refiner)") as timing:
         try:
-            program = program_from_torch(model, model_config, config, names, OPTIONS).run_decompositions({})
+            program = program_from_torch(model, model_config, config, names, OPTIONS, rewrites=rewrites_on(config)).run_decompositions({})
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
             raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]

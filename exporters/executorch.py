@@ -26,7 +26,15 @@ from .atomic import atomic_write_bytes
 from .metadata import ExportMetadata, FileFormat, register_format, sidecar_config_path
 from .progress import stage
 from .recipes import ExportResult, Progress, Recipe, RecipeConfig, register_recipe
-from .torch_program import StaticOptions, check_recipe_request, error_line, package_version, program_from_torch, recipe_metadata
+from .torch_program import (
+    StaticOptions,
+    check_recipe_request,
+    error_line,
+    package_version,
+    program_from_torch,
+    recipe_metadata,
+    rewrites_on,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -74,7 +82,7 @@ def pte_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeCo
     seconds: dict[str, float] = {}
     with stage(progress, "export", f"torch.export at {width}x{height}, batch {config.batch} (static-K refiner)") as timing:
         try:
-            program = program_from_torch(model, model_config, config, names, OPTIONS)
+            program = program_from_torch(model, model_config, config, names, OPTIONS, rewrites=rewrites_on(config))
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
             raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]

@@ -25,7 +25,15 @@ from .atomic import new_temp_file
 from .metadata import ExportMetadata, FileFormat, register_format, sidecar_config_path
 from .progress import stage
 from .recipes import ExportResult, Progress, Recipe, RecipeConfig, register_recipe
-from .torch_program import StaticOptions, check_recipe_request, error_line, package_version, recipe_metadata, select_outputs
+from .torch_program import (
+    StaticOptions,
+    check_recipe_request,
+    error_line,
+    package_version,
+    recipe_metadata,
+    rewrites_on,
+    select_outputs,
+)
 
 if TYPE_CHECKING:
     from torch import nn
@@ -66,8 +74,7 @@ def tflite_from_torch(model: nn.Module, model_config: ModelConfig, config: Recip
     import torch
 
     from .patcher import ModelPatcher
-    from .static_refiner import static_patches
-    from .torch_program import example_inputs
+    from .torch_program import example_inputs, target_patches
 
     names = check_recipe_request(FORMAT, model_config, config)
     width, height = config.resolution
@@ -80,7 +87,7 @@ def tflite_from_torch(model: nn.Module, model_config: ModelConfig, config: Recip
         with stage(progress, "convert", f"litert_torch.convert at {width}x{height}, batch {config.batch} "
                                         "(static-K refiner, int32 indices; 30-120 s)") as timing:
             try:
-                with ModelPatcher(model, static_patches(OPTIONS)), torch.no_grad():
+                with ModelPatcher(model, target_patches(model, OPTIONS, rewrites_on(config))), torch.no_grad():
                     converted = litert_torch.convert(module, example_inputs(config))
                 converted.export(str(temp))
             except Exception as exc:  # noqa: BLE001 - the converter raises many unrelated types; re-raised as one

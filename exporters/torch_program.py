@@ -124,7 +124,7 @@ def select_outputs(model: nn.Module, names: tuple[str, ...], model_type: str) ->
 
 
 def program_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeConfig, names: tuple[str, ...],
-                       options: StaticOptions | None = None, dynamic: bool = False) -> Any:
+                       options: StaticOptions | None = None, dynamic: bool = False, rewrites: bool = True) -> Any:
     """``torch.export`` of ``model`` (non-strict) under the static-shape refiner.
 
     Args:
@@ -135,6 +135,7 @@ def program_from_torch(model: nn.Module, model_config: ModelConfig, config: Reci
         options: the static refiner's per-target options.
         dynamic: batch, height and width symbolic (height and width multiples of 4);
             the example batch is then at least 2 (torch.export specialises sizes 0 and 1).
+        rewrites: apply the ported speed rewrites (``RecipeConfig.options["rewrites"]``, default off).
 
     Returns:
         the ``torch.export.ExportedProgram``.
@@ -142,7 +143,6 @@ def program_from_torch(model: nn.Module, model_config: ModelConfig, config: Reci
     import torch
 
     from .patcher import ModelPatcher
-    from .static_refiner import static_patches
 
     module = select_outputs(model, names, model_config.model_type)
     inputs = example_inputs(config, batch=max(config.batch, 2) if dynamic else None)
@@ -155,8 +155,17 @@ def program_from_torch(model: nn.Module, model_config: ModelConfig, config: Reci
         width_4 = Dim("width_4", min=DYNAMIC_QUARTER_RANGE[0], max=DYNAMIC_QUARTER_RANGE[1])
         spec = {0: batch, 2: 4 * height_4, 3: 4 * width_4}
         shapes = (spec, spec)
-    with ModelPatcher(model, static_patches(options)), torch.no_grad():
+    with ModelPatcher(model, target_patches(model, options, rewrites)), torch.no_grad():
         return torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
+
+
+def target_patches(model: nn.Module, options: StaticOptions | None, rewrites: bool = True) -> tuple[Any, ...]:
+    """The patches of a static-shape export: the static-K refiner and, unless ``rewrites`` is
+    False, the speed rewrites ported to it (:mod:`exporters.static_rewrites`)."""
+    from .static_refiner import static_patches
+    from .static_rewrites import static_fast_patches
+
+    return (*static_patches(options), *(static_fast_patches(model) if rewrites else ()))
 
 
 def recipe_metadata(model_config: ModelConfig, fmt: str, config: RecipeConfig, names: tuple[str, ...],
@@ -179,11 +188,18 @@ def recipe_metadata(model_config: ModelConfig, fmt: str, config: RecipeConfig, n
         "export_resolution": [width, height],
         "refiner": STATIC_REFINER if model_config.model_type == "refine" else None,
         "index_dtype": options.index_dtype,
+        "rewrites": rewrites_on(config),
         "torch_version": torch.__version__,
         "bgm_deploy_version": BGM_DEPLOY_VERSION,
         **extra,
     }
     return ExportMetadata(model_config, fmt, export)
+
+
+def rewrites_on(config: RecipeConfig) -> bool:
+    """Whether an export applies the ported speed rewrites (``options["rewrites"]``). Off by
+    default: measured slower on ExecuTorch and LiteRT (benchmarks/results/targets_speed.json)."""
+    return bool(config.options.get("rewrites", False))
 
 
 def error_line(exc: BaseException, limit: int = 300) -> str:

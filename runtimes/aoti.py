@@ -97,5 +97,5 @@ def _build(request: LoadRequest) -> dict[str, Any]:
 
 register_target(Target(
     "aoti-cpu", "aoti", "cpu", ("aoti",), "AOTInductor package (.pt2) on the CPU, loaded by torch (as libtorch does in C++)",
-    _build, default_for=("aoti",), bench="aoti-cpu", recipe="aoti",
+    _build, default_for=("aoti",), bench="aoti-cpu", recipe="aoti", bench_by_default=False,
 ))

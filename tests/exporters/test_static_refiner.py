@@ -113,3 +113,21 @@ def test_the_patch_is_undone_and_options_are_checked(model: nn.Module) -> None:
     assert "forward" not in vars(model.refiner)
     with pytest.raises(UsageError, match="index_dtype"):
         StaticOptions("int16")
+
+
+@pytest.mark.parametrize(("width", "height", "batch", "scale"), [(320, 256, 1, 0.25), (224, 160, 2, 0.25),
+                                                                  (224, 160, 2, 0.125)])
+def test_the_ported_speed_rewrites_keep_parity(width: int, height: int, batch: int, scale: float) -> None:
+    from exporters.static_rewrites import static_fast_patches
+
+    config = ModelConfig(refine_sample_pixels=4_000, refine_patch_crop_method="gather", backbone_scale=scale,
+                         refine_patch_replace_method="scatter_element").resolved((width, height))
+    model = build_model(config).eval()
+    src, bgr = _pair(width, height, batch, seed=9)
+    with torch.no_grad():
+        reference = model(src, bgr)
+        with ModelPatcher(model, (*static_patches(), *static_fast_patches(model))):
+            fast = model(src, bgr)
+    for name, expected, got in zip(("pha", "fgr", "pha_sm", "fgr_sm", "err_sm", "ref_sm"), reference, fast):
+        assert torch.allclose(expected, got, rtol=0.0, atol=1e-5), name  # arithmetic order only
+    assert torch.equal(reference[5], fast[5])
