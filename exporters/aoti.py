@@ -23,7 +23,7 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from model.config import ModelConfig
 from model.errors import ExportError, ModelFileError
@@ -84,7 +84,7 @@ def pt2_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeCo
     sizes = "dynamic batch/height/width" if dynamic else f"fixed {width}x{height}, batch {config.batch}"
     with stage(progress, "export", f"torch.export, {sizes} (static-K refiner)") as timing:
         try:
-            program = program_from_torch(model, model_config, config, names, OPTIONS, dynamic=dynamic, rewrites=rewrites_on(config))
+            program = program_from_torch(model, model_config, config, names, _patches(model, config), dynamic)
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
             raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]
@@ -119,6 +119,12 @@ def read_pt2_metadata(path: Path) -> ExportMetadata:
         raise ModelFileError(f"{path}: has no bgm-deploy metadata (not exported by bgm-deploy) and no sidecar "
                              f"{sidecar_config_path(path).name}; re-export it with bgm-deploy export --format {FORMAT}")
     return ExportMetadata.from_json(stored[METADATA_KEY], str(path))
+
+
+def _patches(model: nn.Module, config: RecipeConfig) -> tuple[Any, ...]:
+    from .static_rewrites import target_patches
+
+    return target_patches(model, OPTIONS, rewrites_on(config))
 
 
 register_format(FileFormat(FORMAT, (SUFFIX,), read_pt2_metadata))

@@ -87,7 +87,7 @@ def mlpackage_from_torch(model: nn.Module, model_config: ModelConfig, config: Re
     seconds: dict[str, float] = {}
     with stage(progress, "export", f"torch.export at {width}x{height}, batch {config.batch} (static-K refiner)") as timing:
         try:
-            program = program_from_torch(model, model_config, config, names, OPTIONS, rewrites=rewrites_on(config)).run_decompositions({})
+            program = program_from_torch(model, model_config, config, names, _patches(model, config)).run_decompositions({})
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
             raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]
@@ -170,6 +170,12 @@ def read_mlpackage_metadata(path: Path) -> ExportMetadata:
         raise ModelFileError(f"{path}: has no bgm-deploy metadata (user_defined_metadata {METADATA_KEY!r}) and no "
                              f"sidecar {sidecar_config_path(path).name}; re-export it with bgm-deploy export --format {FORMAT}")
     return ExportMetadata.from_json(stored[METADATA_KEY], str(path))
+
+
+def _patches(model: nn.Module, config: RecipeConfig) -> tuple[Any, ...]:
+    from .static_rewrites import target_patches
+
+    return target_patches(model, OPTIONS, rewrites_on(config))
 
 
 register_format(FileFormat(FORMAT, (SUFFIX,), read_mlpackage_metadata, directory=True))

@@ -82,7 +82,7 @@ def pte_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeCo
     seconds: dict[str, float] = {}
     with stage(progress, "export", f"torch.export at {width}x{height}, batch {config.batch} (static-K refiner)") as timing:
         try:
-            program = program_from_torch(model, model_config, config, names, OPTIONS, rewrites=rewrites_on(config))
+            program = program_from_torch(model, model_config, config, names, _patches(model, config))
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
             raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]
@@ -120,6 +120,12 @@ def read_pte_metadata(path: Path) -> ExportMetadata:
     method = program.load_method(METADATA_METHOD)
     data: Any = method.execute([])[0]
     return ExportMetadata.from_json(bytes(data.numpy().tolist()).decode(), str(path))
+
+
+def _patches(model: nn.Module, config: RecipeConfig) -> tuple[Any, ...]:
+    from .static_rewrites import target_patches
+
+    return target_patches(model, OPTIONS, rewrites_on(config))
 
 
 register_format(FileFormat(FORMAT, (SUFFIX,), read_pte_metadata))

@@ -74,7 +74,8 @@ def tflite_from_torch(model: nn.Module, model_config: ModelConfig, config: Recip
     import torch
 
     from .patcher import ModelPatcher
-    from .torch_program import example_inputs, target_patches
+    from .static_rewrites import target_patches
+    from .torch_program import example_inputs
 
     names = check_recipe_request(FORMAT, model_config, config)
     width, height = config.resolution

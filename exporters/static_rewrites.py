@@ -30,6 +30,8 @@ from model import refiner as _refiner
 
 from .patcher import Patch
 from .rewrites import _NETWORK_PATCHES, HALF_RATIO_SCALE, SplitCrops, _coarse_windows
+from .static_refiner import static_patches
+from .torch_program import StaticOptions
 
 _reference_gather_patch_inputs = _refiner.gather_patch_inputs
 
@@ -71,3 +73,10 @@ def static_fast_patches(model: torch.nn.Module) -> tuple[Patch, ...]:
               reason="coarse windows by one gather and a fixed-weight GEMM; no half-resolution 36-channel map"),
         *_NETWORK_PATCHES[1:],  # split conv1 and conv3 (the 2x2 blocks need nonzero: not ported)
     )
+
+
+def target_patches(model: torch.nn.Module, options: StaticOptions | None, rewrites: bool = False) -> tuple[Patch, ...]:
+    """The patches of a static-shape export: the static-K refiner
+    (:func:`exporters.static_refiner.static_patches`) and, with ``rewrites``, the speed rewrites
+    ported to it (:func:`static_fast_patches`)."""
+    return (*static_patches(options), *(static_fast_patches(model) if rewrites else ()))

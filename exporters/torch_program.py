@@ -124,18 +124,17 @@ def select_outputs(model: nn.Module, names: tuple[str, ...], model_type: str) ->
 
 
 def program_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeConfig, names: tuple[str, ...],
-                       options: StaticOptions | None = None, dynamic: bool = False, rewrites: bool = True) -> Any:
-    """``torch.export`` of ``model`` (non-strict) under the static-shape refiner.
+                       patches: tuple[Any, ...], dynamic: bool = False) -> Any:
+    """``torch.export`` of ``model`` (non-strict) under ``patches`` (the static-shape refiner).
 
     Args:
         model: the eval-mode reference (restored afterwards).
         model_config: what it was built from.
         config: the export resolution and batch.
         names: the outputs to return, in order.
-        options: the static refiner's per-target options.
+        patches: the export patches (:func:`exporters.static_rewrites.target_patches`).
         dynamic: batch, height and width symbolic (height and width multiples of 4);
             the example batch is then at least 2 (torch.export specialises sizes 0 and 1).
-        rewrites: apply the ported speed rewrites (``RecipeConfig.options["rewrites"]``, default off).
 
     Returns:
         the ``torch.export.ExportedProgram``.
@@ -155,17 +154,8 @@ def program_from_torch(model: nn.Module, model_config: ModelConfig, config: Reci
         width_4 = Dim("width_4", min=DYNAMIC_QUARTER_RANGE[0], max=DYNAMIC_QUARTER_RANGE[1])
         spec = {0: batch, 2: 4 * height_4, 3: 4 * width_4}
         shapes = (spec, spec)
-    with ModelPatcher(model, target_patches(model, options, rewrites)), torch.no_grad():
+    with ModelPatcher(model, patches), torch.no_grad():
         return torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
-
-
-def target_patches(model: nn.Module, options: StaticOptions | None, rewrites: bool = True) -> tuple[Any, ...]:
-    """The patches of a static-shape export: the static-K refiner and, unless ``rewrites`` is
-    False, the speed rewrites ported to it (:mod:`exporters.static_rewrites`)."""
-    from .static_refiner import static_patches
-    from .static_rewrites import static_fast_patches
-
-    return (*static_patches(options), *(static_fast_patches(model) if rewrites else ()))
 
 
 def recipe_metadata(model_config: ModelConfig, fmt: str, config: RecipeConfig, names: tuple[str, ...],
