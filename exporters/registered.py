@@ -5,5 +5,3 @@ from __future__ import annotations
 # Add a new recipe module here (one line); keep it import-light.
 from . import executorch  # noqa: F401  - ExecuTorch .pte (XNNPACK)
 from . import aoti  # noqa: F401  - AOTInductor .pt2
-from . import litert  # noqa: F401  - LiteRT .tflite
-from . import coreml  # noqa: F401  - Core ML .mlpackage
