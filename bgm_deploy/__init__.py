@@ -2,7 +2,7 @@
 
 Public API (each CLI command is a thin layer over one of these)::
 
-    from bgm_deploy import ModelConfig, export, verify, bench, matte, matte_video, Predictor
+    from bgm_deploy import ModelConfig, ModelSpec, MatteOptions, export, verify, bench, matte, Predictor
 
 The names are resolved on first use (PEP 562): importing the package, or its CLI for
 ``--help``/``--version``, must not import torch (several seconds).
@@ -26,7 +26,8 @@ _EXPORTS = {
     "auto_backbone_scale": ".config",
     "export": ".export",
     "matte": ".matte",
-    "matte_video": ".video",
+    "MatteOptions": ".matte",
+    "ModelSpec": ".model_spec",
     "Predictor": ".predictor",
     "VerifyConfig": ".verify",
     "verify": ".verify",
@@ -35,7 +36,9 @@ _EXPORTS = {
 __all__ = [
     "BenchConfig",
     "BgmDeployError",
+    "MatteOptions",
     "ModelConfig",
+    "ModelSpec",
     "Predictor",
     "VerifyConfig",
     "__version__",
@@ -43,7 +46,6 @@ __all__ = [
     "bench",
     "export",
     "matte",
-    "matte_video",
     "verify",
 ]
 
@@ -53,10 +55,10 @@ if TYPE_CHECKING:
 
     from .bench import BenchConfig, bench
     from .export import export
-    from .matte import matte
+    from .matte import MatteOptions, matte
+    from .model_spec import ModelSpec
     from .predictor import Predictor
     from .verify import VerifyConfig, verify
-    from .video import matte_video
 
 
 class _Package(types.ModuleType):

@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -22,14 +23,32 @@ from typing import Any, Callable
 import click
 
 from exporters.config import DEFAULT_EXPORTER, OnnxConfig, TorchScriptConfig
-from exporters.recipes import recipes
+from exporters.recipes import ORIGINAL_RECIPE as ORIGINAL_BACKEND
+from exporters.registered import recipes
+from runtimes.targets import targets
 from model.config import ModelConfig, check_resolution
 from model.errors import BgmDeployError, UsageError
 
 from . import __version__
-from .cli_options import model_options, spec_from_options, target_from_options, target_options
+from .cli_options import (
+    engine_options,
+    model_config_from_options,
+    model_options,
+    onnx_config_from_options,
+    onnx_export_options,
+    spec_from_options,
+    target_from_options,
+    target_options,
+    triton_options,
+    weights_options,
+)
 
 log = logging.getLogger("bgm_deploy")
+
+
+def bench_row_names() -> list[str]:
+    """Bench rows for ``--help``, read from the target registry (bench.backends imports torch)."""
+    return [target.bench for target in targets() if target.bench is not None]
 
 
 class Context:
@@ -60,11 +79,23 @@ def handle_errors(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(exc.exit_code)
+        except Terminated:
+            click.echo("Terminated.", err=True)
+            ctx.exit(143)
         except KeyboardInterrupt:
             click.echo("Interrupted.", err=True)
             ctx.exit(130)
 
     return wrapper
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C: the job stops cleanly (finished outputs kept, no partial
+    file: every writer cleans up on KeyboardInterrupt) and the command exits 143."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated()
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
@@ -88,26 +119,33 @@ def cli(ctx: click.Context, verbose: int, quiet: bool, debug: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 @handle_errors
 def info(as_json: bool) -> None:
-    """Print versions of torch / onnx / onnxruntime / TensorRT, providers and the device."""
+    """Print versions, the device, and every target with whether it is usable here (and why not)."""
     # deferred: the API loads torch (see the module docstring)
-    from .environment import environment_info
+    from .environment import environment_info, target_table
 
-    data = environment_info()
+    data = {**environment_info(), "targets": target_table()}
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
     click.echo(f"bgm-deploy {__version__}")
     for key, value in data.items():
+        if key == "targets":
+            continue
         if isinstance(value, list):
             value = ", ".join(value) or "none"
-        click.echo(f"  {key:<22} {('none' if key == 'gpu' else 'not installed') if value is None else value}")
+        click.echo(f"  {key:<34} {('none' if key == 'gpu' else 'not installed') if value is None else value}")
+    click.echo("targets (--target):")
+    for row in data["targets"]:
+        state = "usable" if row["usable"] else f"not usable: {row['why_not']}"
+        click.echo(f"  {row['name']:<22} {','.join(row['formats']):<12} {state}")
 
 
 @cli.command()
 @click.argument("models", nargs=-1, type=click.Path(dir_okay=False), metavar="[MODEL ...]")
-@click.option("--backend", "backends", multiple=True, help="Comma-separated: eager, torchscript, onnx-cpu, onnx-original (the original "
-              "project's ONNX recipe, the baseline of 'vs original'), openvino-cpu, onnx-cuda, onnx-tensorrt, tensorrt. "
-              "Default: every backend usable here (others reported as skipped).")
+@click.option("--backend", "backends", multiple=True, help="Comma-separated bench rows (a target with the file its recipe "
+              "makes): " + ", ".join(bench_row_names()) + f" ({ORIGINAL_BACKEND}: the original project's ONNX recipe, "
+              "the baseline of 'vs original'); a target name picks its row. Default: every row usable here (others "
+              "reported as skipped).")
 @click.option("--backbone", "backbones", multiple=True, help="Comma-separated backbones of the default model [mobilenetv2].")
 @click.option("--resolution", "resolutions", multiple=True, help="hd, 4k or WxH; repeatable or comma-separated [hd].")
 @click.option("--batch", default=1, show_default=True, type=click.IntRange(min=1), help="Frames per call.")
@@ -191,137 +229,111 @@ def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int,
               help="Source image or directory (recursive); or a video file, a folder of numbered frames (with "
                    "--sequence), a URL or a device (with --src-format): see docs/video.md.")
 @click.option("--bgr", required=True, type=click.Path(exists=True),
-              help="Background image (for all sources) or directory matched by relative path.")
-@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output root: OUT/<type>/<path>.")
-@click.option("--model", type=click.Path(exists=True, dir_okay=False), help="Exported model (.onnx, .pt, .engine).")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False), help="PyTorch checkpoint instead of --model.")
-@click.option("--backbone", type=click.Choice(["mobilenetv2", "resnet50", "resnet101"]),
-              help="With --checkpoint: expected backbone [read from the checkpoint].")
-@click.option("--backbone-scale", type=float, help="With --checkpoint: base network scale, 0.01..0.5 [0.25].")
-@click.option("--refine-mode", type=click.Choice(["sampling", "thresholding", "full"]), help="With --checkpoint [sampling].")
-@click.option("--refine-sample-pixels", type=int,
-              help="With --checkpoint: pixels refined in sampling mode, 16 or more [80000].")
-@click.option("--refine-threshold", type=float, help="With --checkpoint: error threshold in thresholding mode, 0..1 [0.1].")
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
-@click.option("--allow-fallback/--no-allow-fallback", default=False, show_default=True,
-              help="Run on CPU (loud warning) when the provider is not usable, instead of failing.")
-@click.option("--outputs", default="pha,fgr", show_default=True, help="Comma-separated: pha, fgr, com, err, ref.")
-@click.option("--fgr-format", type=click.Choice(["png", "jpg"]), default="png", show_default=True)
+              help="Background image (for all sources) or directory matched by relative path; for footage a still "
+                   "plate or a background video.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False),
+              help="Output folder: photos OUT/<kind>/<path>; footage OUT/<kind>.<ext> or OUT/<kind>/ frames.")
+@model_options
+@target_options
+@click.option("--outputs", default="pha,fgr", show_default=True,
+              help="Comma-separated: pha, fgr, com (over --backdrop), rgba (alpha channel), err, ref.")
+@click.option("--format", "formats", default=None, metavar="[KIND=]FORMAT,...",
+              help="Per output or for all: photos png or jpg [png]; footage h264, ffv1, prores, vp9, h264-nvenc or "
+                   "png (a PNG sequence) [h264; rgba: png].")
+@click.option("--fgr-format", type=click.Choice(["png", "jpg"]), default=None, hidden=True,
+              help="Alias of --format fgr=png|jpg.")
+@click.option("--backdrop", default=None,
+              help="What 'com' composites over: R,G,B, #rrggbb, an image, or (footage) a video [120,255,155].")
 @click.option("--align/--no-align", default=False, show_default=True,
               help='Align backgrounds to sources (ORB + RANSAC homography; pip install "bgm-deploy[align]").')
-@click.option("--resize", metavar="WxH", help="Resize source and background of every pair to WxH.")
+@click.option("--align-mode", type=click.Choice(["clip", "frame"]), default=None,
+              help="Footage with --align: one homography for the clip, or one per frame (slower) [clip].")
+@click.option("--resize", metavar="WxH", help="Resize source and background of every pair or frame to WxH.")
 @click.option("--padding", type=click.Choice(["replicate", "reflect"]), default="replicate", show_default=True,
               help="Padding to the model's multiple of 4 (cropped off again).")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Decode and encode threads.")
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Frames (or same-size photos) per model call.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Photos: decode and encode threads; footage: decoder threads.")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True, help="Replace existing outputs.")
 @click.option("--skip-existing/--no-skip-existing", default=False, show_default=True,
-              help="Skip pairs whose outputs all exist (resume an interrupted run).")
+              help="Keep finished outputs and do the rest (resume an interrupted run).")
+@click.option("--allow-partial/--no-allow-partial", default=False, show_default=True,
+              help="Exit 0 although photos failed or frames could not be decoded (counted in the report).")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Also write the JSON report here.")
 @click.option("--server", "servers", multiple=True, metavar="URL",
               help="Send the work to 'bgm-deploy serve' servers (http://HOST:PORT or grpc://HOST:PORT; repeatable) "
                    "instead of loading a model.")
-@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
-              help="With --server: requests in flight over all servers.")
-@click.option("--shared-memory/--no-shared-memory", default=False, show_default=True,
+@click.option("--concurrency", type=click.IntRange(min=1), default=None, help="With --server: requests in flight [4].")
+@click.option("--shared-memory/--no-shared-memory", default=None,
               help="With --server on this machine: pass images through Triton's system shared memory.")
-@click.option("--server-model", default="bgm", show_default=True, help="With --server: the served model's name.")
+@click.option("--server-model", default=None, help="With --server: the served model's name [bgm].")
 @click.option("--sequence/--no-sequence", default=False, show_default=True,
-              help="Video: treat the --src folder as numbered frames of one clip (video and PNG-sequence outputs).")
-@click.option("--format", "formats", default=None, metavar="[KIND=]FORMAT,...",
-              help="Video: h264, ffv1, prores, vp9, h264-nvenc or png, for all outputs or per output "
-                   "(pha=ffv1,rgba=prores) [h264; rgba: png].")
-@click.option("--crf", type=click.IntRange(0, 51), default=18, show_default=True, help="Video: quality of lossy formats.")
-@click.option("--preset", default=None, help="Video: x264 preset: ultrafast (default, least CPU), veryfast, ... "
+              help="Treat the --src folder as numbered frames of one clip (footage).")
+@click.option("--crf", type=click.IntRange(0, 51), default=None, help="Footage: quality of lossy formats [18].")
+@click.option("--preset", default=None, help="Footage: x264 preset: ultrafast (default, least CPU), veryfast, ... "
               "medium (smaller files).")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Video: frames per model call.")
-@click.option("--backdrop", default=None, help="Video: what 'com' composites over: R,G,B, #rrggbb, an image or a "
-              "video [120,255,155]. Video outputs: pha, fgr, com, rgba (alpha channel), err, ref.")
-@click.option("--align-mode", type=click.Choice(["clip", "frame"]), default="clip", show_default=True,
-              help="Video with --align: one homography for the clip, or one per frame (slower).")
-@click.option("--audio/--no-audio", default=True, show_default=True, help="Video: carry the source's audio over.")
-@click.option("--rate", type=float, default=None, help="Video: frames per second of an image sequence [30].")
-@click.option("--src-format", default=None, help="Video: FFmpeg input format of a live device (v4l2, avfoundation, "
-              "dshow, ...).")
-@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Video: stop after this many frames.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="The model's metadata JSON (MODEL.bgm.json from export) when a tool stripped the file's own.")
-@click.option("--runtime", type=click.Choice(["onnxruntime", "openvino"]), default=None,
-              help="Run an ONNX --model with this runtime [onnxruntime]; openvino runs at f32.")
+@click.option("--audio/--no-audio", default=None, help="Footage: carry the source's audio over [on].")
+@click.option("--rate", type=float, default=None, help="Image sequences: frames per second [30].")
+@click.option("--src-format", default=None, help="Live devices: FFmpeg input format (v4l2, avfoundation, dshow, ...).")
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Footage: stop after this many frames.")
 @click.pass_obj
 @handle_errors
-def matte(
-    state: Context,
-    src: str,
-    bgr: str,
-    output: str,
-    model: str | None,
-    checkpoint: str | None,
-    backbone: str | None,
-    backbone_scale: float | None,
-    refine_mode: str | None,
-    refine_sample_pixels: int | None,
-    refine_threshold: float | None,
-    provider: str,
-    allow_fallback: bool,
-    outputs: str,
-    fgr_format: str,
-    align: bool,
-    resize: str | None,
-    padding: str,
-    workers: int,
-    overwrite: bool,
-    skip_existing: bool,
-    report_path: str | None,
-    servers: tuple[str, ...],
-    concurrency: int,
-    shared_memory: bool,
-    server_model: str,
-    config_file: str | None,
-    runtime: str | None,
-    **video: Any,
-) -> None:
+def matte(state: Context, src: str, bgr: str, output: str, outputs: str, formats: str | None, fgr_format: str | None,
+          backdrop: str | None, align: bool, align_mode: str | None, resize: str | None, padding: str, batch: int,
+          workers: int, overwrite: bool, skip_existing: bool, allow_partial: bool, report_path: str | None,
+          servers: tuple[str, ...], concurrency: int | None, shared_memory: bool | None, server_model: str | None,
+          sequence: bool, crf: int | None, preset: str | None, audio: bool | None, rate: float | None,
+          src_format: str | None, max_frames: int | None, **model: Any) -> None:
     """Matte photos or footage: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
     # deferred: the API loads torch (see the module docstring)
-    from .matte import MatteOptions, ProgressPrinter, model_config_for
+    from .matte import MatteOptions, ServerOptions, parse_formats
     from .matte import matte as run_matte
-    from .video import is_video_job
+    from .progress import JobProgress
 
-    settings = {"backbone": backbone, "backbone_scale": backbone_scale, "refine_mode": refine_mode,
-                "refine_sample_pixels": refine_sample_pixels, "refine_threshold": refine_threshold}
-    if is_video_job(src, bgr, video["sequence"], video["src_format"]):
-        if servers:
-            raise UsageError("--server applies to photo folders; a video job runs a local model (--model/--checkpoint)")
-        _matte_video(state, src, bgr, output, model, checkpoint, model_config_for(model, checkpoint, settings), provider,
-                     allow_fallback, outputs, align, overwrite, skip_existing, padding, report_path, video)
-        return
+    spec = spec_from_options(model, padding=padding)
+    kinds = tuple(name.strip() for name in outputs.split(",") if name.strip())
+    chosen = parse_formats(formats, kinds)
+    if fgr_format is not None:
+        if "fgr" in chosen and chosen["fgr"] != fgr_format:
+            raise UsageError(f"--fgr-format {fgr_format} and --format fgr={chosen['fgr']} disagree; pass --format only")
+        chosen["fgr"] = fgr_format
+    server_settings = {"--concurrency": concurrency, "--shared-memory": shared_memory, "--server-model": server_model}
+    server_options = None
+    if servers:
+        if not spec.is_empty:
+            raise UsageError("--server sends the work to running servers; drop --model/--checkpoint/--seed and the "
+                             "model settings (the server's model is used)")
+        server_options = ServerOptions(tuple(servers), server_model or "bgm", concurrency or 4, bool(shared_memory))
+    else:
+        stray = [flag for flag, value in server_settings.items() if value is not None]
+        if stray:
+            raise UsageError(f"{', '.join(stray)} apply with --server URL only; add --server or drop them")
     options = MatteOptions(
-        outputs=tuple(name.strip() for name in outputs.split(",") if name.strip()),
-        fgr_format=fgr_format,
-        align=align,
-        resize=_parse_size(resize, "--resize", multiple=1),
-        workers=workers,
-        overwrite=overwrite,
-        skip_existing=skip_existing,
-        padding=padding,
+        outputs=kinds, formats=chosen, align=align, align_mode=align_mode,
+        resize=_parse_size(resize, "--resize", multiple=1), batch=batch, workers=workers, overwrite=overwrite,
+        skip_existing=skip_existing, allow_partial=allow_partial, backdrop=backdrop, crf=crf,
+        preset=preset, audio=audio, rate=rate, src_format=src_format, max_frames=max_frames,
     )
-    printer = ProgressPrinter(click.echo, quiet=state.quiet)
-    report = run_matte(
-        src, bgr, output, model=model, checkpoint=checkpoint, provider=provider, allow_fallback=allow_fallback,
-        options=options, progress=printer, report_path=report_path, status=printer.status, model_settings=settings,
-        servers=servers, server_options={"model_name": server_model, "concurrency": concurrency,
-                                         "shared_memory": shared_memory},
-        config_file=config_file, runtime=runtime,
-    )
+    printer = JobProgress("img", quiet=state.quiet)
+    try:
+        report = run_matte(src, bgr, output, None if servers else spec, options, servers=server_options,
+                           report_path=report_path, progress=printer, status=printer.status, sequence=sequence)
+    finally:
+        printer.close()
     for path in report.unmatched_backgrounds:
         state.echo(f"unused background: {path}", err=True)
+    for warning in report.warnings:
+        click.echo(f"warning: {warning}", err=True)
     click.echo(report.summary())
     if not report.ok:
         raise click.exceptions.Exit(1)
 
 
 @cli.command("serve")
-@click.argument("model", required=False, type=click.Path(dir_okay=False))
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Serve a PyTorch checkpoint instead.")
+@click.argument("model_file", required=False, type=click.Path(dir_okay=False), metavar="[MODEL]")
+@model_options
+@target_options
 @click.option("--name", default="bgm", show_default=True, help="Model name in request URLs.")
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address the ports bind to (0.0.0.0 exposes the server to the network).")
@@ -336,7 +348,6 @@ def matte(
               help="How long the batcher may hold a request to fill a batch.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
               help="Model instances (one process each).")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Intra-op threads per instance [runtime default].")
 @click.option("--outputs", default="pha,fgr", show_default=True, help="Served outputs: pha, fgr, com.")
 @click.option("--io-dtype", type=click.Choice(["uint8", "float32"]), default="uint8", show_default=True,
               help="Image type on the wire (uint8: 4x less to send than float32).")
@@ -344,63 +355,45 @@ def matte(
               help="Refuse larger images (W*H); 0: no limit.")
 @click.option("--pad/--no-pad", default=False, show_default=True,
               help="Pad sizes that are not a multiple of 4 instead of refusing them (the client pads anyway).")
-@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None, help="Keep the tritonserver log here.")
+@click.option("--log", "log_path", type=click.Path(dir_okay=False), default=None,
+              help="Keep the tritonserver log here (appended).")
 @click.option("--repository", type=click.Path(file_okay=False), default=None,
               help="Serve this Triton model repository (export --format triton --triton-backend python) instead of MODEL.")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Restart a server that died on its own at most this often within 5 minutes, then exit 1.")
 @click.pass_obj
 @handle_errors
 def serve_command(
-    state: Context, model: str | None, checkpoint: str | None, name: str, host: str, http_port: int, grpc_port: int,
-    metrics_port: int, max_batch_size: int, dynamic_batching: bool, queue_delay_us: int, instances: int,
-    threads: int | None, outputs: str, io_dtype: str, max_pixels: int, pad: bool, log_path: str | None,
-    repository: str | None,
+    state: Context, model_file: str | None, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int,
+    max_batch_size: int, dynamic_batching: bool, queue_delay_us: int, instances: int, outputs: str, io_dtype: str,
+    max_pixels: int, pad: bool, log_path: str | None, repository: str | None, max_restarts: int, **model: Any,
 ) -> None:
     """Serve MODEL (or --checkpoint) on a Triton Inference Server until Ctrl-C/SIGTERM."""
     # deferred: the API loads torch (see the module docstring)
-    from .serve import ServeConfig, serve
-    from .triton_repo import TritonModelOptions
+    from .serve.repository import TritonModelOptions
+    from .serve.server import ServeConfig, serve
 
+    if model_file is not None:
+        if model.get("model") is not None:
+            raise UsageError(f"pass the model once: MODEL {model_file} or --model {model['model']}")
+        model["model"] = model_file
+    spec = spec_from_options(model, padding="replicate")
     options = TritonModelOptions(
         name=name, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching, max_queue_delay_us=queue_delay_us,
-        instances=instances, threads=threads, outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()),
+        instances=instances, outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()),
         io_dtype=io_dtype, max_pixels=max_pixels, pad=pad,
     )
-    config = ServeConfig(model=model, checkpoint=checkpoint, options=options, host=host, http_port=http_port,
-                         grpc_port=grpc_port, metrics_port=metrics_port, log_path=log_path, repository=repository)
+    if repository is not None and not spec.is_empty:
+        raise UsageError("pass either --repository or a model (MODEL/--checkpoint/--seed), not both")
+    config = ServeConfig(spec=None if spec.is_empty else spec, options=options, host=host, http_port=http_port,
+                         grpc_port=grpc_port, metrics_port=metrics_port, log_path=log_path, repository=repository,
+                         max_restarts=max_restarts)
 
     def ready(server: Any) -> None:
         click.echo(f"serving {repository or repr(name)}: {server.http_url} (HTTP), {server.grpc_url} (gRPC), {server.metrics_url}; "
                    "Ctrl-C stops", err=True)
 
     serve(config, progress=lambda message: state.echo(message, err=True), ready=ready)
-
-
-def _matte_video(state: Context, src: str, bgr: str, output: str, model: str | None, checkpoint: str | None,
-                 model_config: Any, provider: str, allow_fallback: bool, outputs: str, align: bool, overwrite: bool,
-                 skip_existing: bool, padding: str, report_path: str | None, video: dict[str, Any]) -> None:
-    """The video branch of ``matte``: options → VideoOptions → one ``matte_video`` call."""
-    # deferred: the API loads torch (see the module docstring)
-    from .video import DEFAULT_BACKDROP, DEFAULT_PRESET, VideoOptions, VideoProgressPrinter, matte_video, parse_formats
-
-    kinds = tuple(name.strip() for name in outputs.split(",") if name.strip())
-    options = VideoOptions(
-        outputs=kinds, formats=parse_formats(video["formats"], kinds),
-        crf=video["crf"], preset=video["preset"] or DEFAULT_PRESET, batch=video["batch"],
-        backdrop=video["backdrop"] or DEFAULT_BACKDROP,
-        align=video["align_mode"] if align else "off", audio=video["audio"], rate=video["rate"],
-        src_format=video["src_format"], max_frames=video["max_frames"], overwrite=overwrite,
-        skip_existing=skip_existing, padding=padding,
-    )
-    printer = VideoProgressPrinter(click.echo, quiet=state.quiet)
-    try:
-        report = matte_video(src, bgr, output, model=model, checkpoint=checkpoint, model_config=model_config,
-                             provider=provider, allow_fallback=allow_fallback, options=options, progress=printer,
-                             report_path=report_path)
-    finally:
-        printer.close()
-    for warning in report.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    click.echo(report.summary())
 
 
 @cli.command()
@@ -428,134 +421,81 @@ def check(ctx: click.Context, model: str, target: str, min_tensorrt: str, json_p
 
 @cli.command("export")
 @click.option("--format", "fmt", required=True,
-              type=click.Choice(["onnx", "torchscript", "tensorrt", "triton", *(r.format for r in recipes())]),
+              type=click.Choice(["onnx", "torchscript", "tensorrt", "triton", "web", *(r.format for r in recipes())]),
               help="Output format (tensorrt: an engine; needs TensorRT and a GPU; triton: a model repository folder; "
+                   "web: a static site that mattes a camera in the browser, docs/web.md; "
                    + "; ".join(f"{r.format}: {r.summary}" for r in recipes()) + ").")
 @click.option("-o", "--output", required=True, type=click.Path(),
               help="Output file (written atomically); --format triton: the model repository folder.")
 @click.option("--overwrite/--no-overwrite", default=False, show_default=True,
               help="Replace an existing output (by default an existing file is never replaced).")
-@click.option("--model-type", type=click.Choice(["refine", "base"]), default="refine", show_default=True)
-@click.option("--backbone", type=click.Choice(["mobilenetv2", "resnet50", "resnet101"]), default="mobilenetv2",
-              show_default=True)
-@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Weights (default: synthetic).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Synthetic-weights seed (without --checkpoint).")
-@click.option("--backbone-scale", default="auto", show_default=True,
-              help="auto (from --resolution: 0.25 up to HD, 0.125 above) or a float in [0.01, 0.5].")
-@click.option("--refine-mode", type=click.Choice(["sampling", "thresholding", "full"]), default="sampling",
-              show_default=True)
-@click.option("--refine-sample-pixels", type=click.IntRange(min=16), default=None,
-              help="Pixels refined per image [auto: 80000 HD, 320000 4K].")
-@click.option("--refine-threshold", type=click.FloatRange(0, 1), default=0.1, show_default=True)
-@click.option("--refine-kernel-size", type=click.Choice(["1", "3"]), default="3", show_default=True)
-@click.option("--prevent-oversampling/--no-prevent-oversampling", default=True, show_default=True,
-              help="Sampling mode: skip cells with zero error.")
-@click.option("--crop-method", type=click.Choice(["roi_align", "gather", "unfold"]), default=None,
-              help="Patch crop [onnx: roi_align, torchscript: unfold].")
-@click.option("--replace-method", type=click.Choice(["scatter_element", "scatter_nd"]), default=None,
-              help="Patch replace [onnx: scatter_element, torchscript: scatter_nd].")
-@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
-@click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset [legacy 17, dynamo 18].")
-@click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default=None,
-              help="ONNX exporter: dynamo (torch.export-based) or legacy (TorchScript-based) [see docs/export.md].")
-@click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxsim (ONNX).")
-@click.option("--outputs", default=None, help="Comma-separated outputs to keep, e.g. pha,fgr [all].")
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Trace batch size (ONNX).")
+@weights_options
+@onnx_export_options
 @click.option("--resolution", default=None, metavar="WxH",
               help="Target resolution: picks --backbone-scale auto and is the trace size [auto: 1920x1080; trace 320x256].")
-@click.option("--target", type=click.Choice(["generic", "tensorrt"]), default="generic", show_default=True,
-              help="ONNX: tensorrt applies the TensorRT-safe rewrites.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
-@click.option("--from-onnx", type=click.Path(dir_okay=False), default=None,
-              help="--format tensorrt: build the engine from this bgm-deploy ONNX file instead of exporting one.")
-@click.option("--engine-preset", type=click.Choice(["hd", "4k"]), default=None,
-              help="--format tensorrt: optimisation profile preset [from the backbone scale].")
-@click.option("--workspace-mib", type=click.IntRange(min=16), default=4096, show_default=True,
-              help="--format tensorrt: builder workspace limit.")
-@click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
-              help="--format tensorrt: timing cache file (read and updated).")
 @click.option("--verify/--no-verify", "run_verify", default=False, show_default=True,
               help="Run 'bgm-deploy verify' (default cases, CPU) on the exported file; exit 1 if it fails.")
-@click.option("--triton-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime", show_default=True,
-              help="--format triton: Triton's onnxruntime backend, or the Python backend running bgm-deploy's predictor.")
-@click.option("--triton-name", default="bgm", show_default=True, help="--format triton: model name (its folder).")
-@click.option("--max-batch-size", type=click.IntRange(1, 64), default=4, show_default=True, help="--format triton.")
-@click.option("--queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
-              help="--format triton: dynamic batching queue delay.")
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="--format triton.")
-@click.option("--triton-device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
-              help="--format triton: instance kind.")
-@click.option("--trt-accelerator/--no-trt-accelerator", default=False, show_default=True,
-              help="--format triton (onnxruntime, gpu): onnxruntime's TensorRT accelerator on the TensorRT-safe graph.")
-@click.option("--trt-fp16/--no-trt-fp16", default=True, show_default=True, help="With --trt-accelerator: FP16 engines.")
+@engine_options
+@triton_options
+@click.option("--ort-dist", type=click.Path(file_okay=False), default=None,
+              help="--format web: onnxruntime-web's dist folder (node_modules/onnxruntime-web/dist) [the pinned release, "
+                   "downloaded once from the npm registry and checked]")
 @click.pass_obj
 @handle_errors
-def export_command(
-    state: Context, fmt: str, output: str, overwrite: bool, model_type: str, backbone: str, checkpoint: str | None, seed: int,
-    backbone_scale: str, refine_mode: str, refine_sample_pixels: int | None, refine_threshold: float,
-    refine_kernel_size: str, prevent_oversampling: bool, crop_method: str | None, replace_method: str | None,
-    precision: str, opset: int | None, exporter: str | None, simplify: bool, outputs: str | None, batch: int,
-    resolution: str | None, target: str, json_path: str | None, from_onnx: str | None, engine_preset: str | None,
-    workspace_mib: int, timing_cache: str | None, run_verify: bool, triton_backend: str, triton_name: str,
-    max_batch_size: int, queue_delay_us: int, instances: int, triton_device: str, trt_accelerator: bool, trt_fp16: bool,
-) -> None:
-    """Export a model to ONNX, TorchScript, a TensorRT engine or a Triton model repository."""
+def export_command(state: Context, fmt: str, output: str, overwrite: bool, resolution: str | None, json_path: str | None,
+                   run_verify: bool, **groups: Any) -> None:
+    """Export a model to ONNX, TorchScript, a TensorRT engine, a Triton model repository, or a registered format."""
     # deferred: the API loads torch
     from exporters.tensorrt import EngineConfig
 
     from .export import export as run_export
     from .export import export_engine
-    from .triton_repo import TritonModelOptions, export_triton, triton_export_outputs
+    from .serve.repository import TritonModelOptions, export_triton, triton_export_outputs
     from .verify import format_table
 
     size = _parse_size(resolution, "--resolution")
-    scale: float | None = None  # auto: bgm_deploy.export resolves it from --resolution
-    if backbone_scale != "auto":
-        try:
-            scale = float(backbone_scale)
-        except ValueError:
-            raise UsageError(f"--backbone-scale {backbone_scale!r} is not valid; use auto or a float in [0.01, 0.5]") from None
-    names = tuple(name.strip() for name in outputs.split(",") if name.strip()) if outputs else None
-    # An engine is built from a TensorRT-safe ONNX export; a Triton repository holds an ONNX file.
-    onnx_format = fmt in ("onnx", "tensorrt", "triton")
-    model_config = ModelConfig(
-        model_type=model_type,
-        backbone=backbone,
-        backbone_scale=scale,
-        refine_mode=refine_mode,
-        refine_sample_pixels=refine_sample_pixels,
-        refine_threshold=refine_threshold,
-        refine_kernel_size=int(refine_kernel_size),
-        refine_prevent_oversampling=prevent_oversampling,
-        refine_patch_crop_method=crop_method,
-        refine_patch_replace_method=replace_method,
-        seed=seed,
-    )
-    onnx_config = OnnxConfig(
-        opset=opset, exporter=exporter or DEFAULT_EXPORTER, precision=precision, simplify=simplify, outputs=names,
-        trace_batch=batch, target=target,
-    ) if onnx_format else None
-    script_config = TorchScriptConfig(precision=precision, outputs=names) if not onnx_format else None
+    model_config, checkpoint = model_config_from_options(groups)
+    onnx_config, names = onnx_config_from_options(groups)
+    precision = onnx_config.precision
+    if fmt != "web" and groups["ort_dist"] is not None:
+        raise UsageError("--ort-dist only applies with --format web")
+    if fmt == "web":  # a static site around the web-ready model: bgm_deploy/web, docs/web.md
+        from .web.site import export_web
+
+        if run_verify:
+            raise UsageError("--verify does not apply to --format web: the export re-checks the web model itself; "
+                             "run bgm-deploy verify on an --format onnx export of the same model")
+        site = export_web(model_config, output, onnx=onnx_config, checkpoint=checkpoint, resolution=size,
+                          ort_dist=groups["ort_dist"], overwrite=overwrite, json_path=json_path,
+                          progress=lambda message: state.echo(message, err=True))
+        click.echo(f"{site.path}: {len(site.files)} files, {site.size_bytes / 1e6:.0f} MB; serve it with: "
+                   f"bgm-deploy web {site.path}")
+        return
+    if fmt not in ("onnx", "tensorrt", "triton"):
+        onnx_config = None  # the other formats take precision/outputs only
+    script_config = TorchScriptConfig(precision=precision, outputs=names) if fmt == "torchscript" else None
     progress = lambda message: state.echo(message, err=True)  # noqa: E731
     if fmt == "triton":
-        served, exported = triton_export_outputs(triton_backend, names)
+        served, exported = triton_export_outputs(groups["triton_backend"], names)
         triton_options = TritonModelOptions(
-            name=triton_name, max_batch_size=max_batch_size, max_queue_delay_us=queue_delay_us, instances=instances,
-            kind=triton_device, outputs=served, tensorrt=trt_accelerator, tensorrt_fp16=trt_fp16,
+            name=groups["triton_name"], max_batch_size=groups["max_batch_size"],
+            max_queue_delay_us=groups["queue_delay_us"], instances=groups["instances"], kind=groups["triton_device"],
+            outputs=served, tensorrt=groups["trt_accelerator"], tensorrt_fp16=groups["trt_fp16"],
         )
-        repo = export_triton(model_config, output, triton_options, flavour=triton_backend,
+        repo = export_triton(model_config, output, triton_options, flavour=groups["triton_backend"],
                              onnx=dataclasses.replace(onnx_config, outputs=exported), checkpoint=checkpoint,
                              overwrite=overwrite, progress=progress, json_path=json_path)
         click.echo(f"{repo.model_dir}: {', '.join(repo.files)} ({repo.verified})")
         return
     if fmt == "tensorrt":
-        engine = EngineConfig(precision=precision, preset=engine_preset, workspace_mib=workspace_mib,
-                              timing_cache=timing_cache)
-        info = export_engine(output, engine, model_config, onnx_config, checkpoint=checkpoint, from_onnx=from_onnx,
-                             progress=progress, resolution=size, overwrite=overwrite)
+        engine = EngineConfig(precision=precision, preset=groups["engine_preset"], workspace_mib=groups["workspace_mib"],
+                              timing_cache=groups["timing_cache"])
+        info = export_engine(output, engine, model_config, onnx_config, checkpoint=checkpoint,
+                             from_onnx=groups["from_onnx"], progress=progress, resolution=size, overwrite=overwrite)
         click.echo(f"{info.engine_path} (sidecar {info.sidecar_path})")
         return
-    if from_onnx is not None:
+    if groups["from_onnx"] is not None:
         raise UsageError("--from-onnx only applies with --format tensorrt")
     report = run_export(model_config, output, fmt, onnx=onnx_config, torchscript=script_config, checkpoint=checkpoint,
                         progress=progress, resolution=size, verify_after=run_verify, json_path=json_path,
@@ -665,14 +605,42 @@ def verify_command(
     )
     report = verify(model, config, progress=lambda message: state.echo(message, err=True))
     click.echo(format_table(report))
+    if save_diff is not None and not any(case.verdict == "fail" for case in report.cases):
+        click.echo(f"--save-diff: no case failed, so no heatmap was written to {save_diff}", err=True)
     if not report.passed:
         raise click.exceptions.Exit(1)
 
 
+@cli.command("web")
+@click.argument("site", type=click.Path(file_okay=False))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (browsers allow the camera on http:// for 127.0.0.1/localhost only).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8080, show_default=True, help="0: a free port.")
+@click.pass_obj
+@handle_errors
+def web_command(state: Context, site: str, host: str, port: int) -> None:
+    """Serve a SITE from 'export --format web' with cross-origin isolation (WASM threads) until Ctrl-C."""
+    # deferred: keeps --help fast (the server itself is torch-free)
+    from .web.server import serve_web
+
+    def ready(server: Any) -> None:
+        click.echo(f"open {server.url}", err=False)
+        state.echo(f"serving {site} on {server.url} (COOP/COEP for WASM threads); Ctrl-C stops", err=True)
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            state.echo(f"warning: --host {host}: browsers block the camera on plain http:// except on localhost", err=True)
+
+    serve_web(site, host=host, port=port, ready=ready)
+
+
 def main() -> None:
-    """Console entry point: Ctrl-C anywhere (imports, model load, a command) is one line, exit 130."""
+    """Console entry point: Ctrl-C anywhere (imports, model load, a command) is one line, exit 130;
+    SIGTERM the same with exit 143 (commands that serve install their own handlers)."""
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = cli.main(prog_name="bgm-deploy", standalone_mode=False)
+    except Terminated:
+        click.echo("Terminated.", err=True)
+        code = 143
     except KeyboardInterrupt:
         code = _interrupted()
     except click.Abort as exc:  # click turns a Ctrl-C outside a command into Abort

@@ -14,16 +14,20 @@ command that loads a model loads it the same way. Torch-free: the registries are
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 import runtimes  # noqa: F401 - importing the package registers every runner and its targets
+from exporters.config import DEFAULT_EXPORTER, EXPORTERS, PRECISIONS, OnnxConfig
+from exporters.config import TARGETS as GRAPH_TARGETS
+from model.config import ModelConfig
 from model.errors import UsageError
-from model.spec import BACKBONES, REFINE_MODES
+from model.spec import BACKBONES, CROP_METHODS, KERNEL_SIZES, MODEL_TYPES, REFINE_MODES, REPLACE_METHODS
 from runtimes.targets import DEVICE_WORDS, all_options, target_choices
 
-from .model_spec import ModelSpec
+if TYPE_CHECKING:
+    from .model_spec import ModelSpec
 
 F = Callable[..., Any]
 # Parameters the groups add, popped by spec_from_options / target_from_options.
@@ -112,6 +116,9 @@ def target_from_options(values: dict[str, Any]) -> tuple[str | None, dict[str, A
 def spec_from_options(values: dict[str, Any], padding: str = "replicate") -> ModelSpec:
     """One :class:`ModelSpec` from the values of :func:`model_options` and
     :func:`target_options` (popped from ``values``, so the rest are the command's own)."""
+    # deferred: the spec module reads checkpoints (torch), which --help must not load
+    from .model_spec import ModelSpec
+
     target, options, settings = target_from_options(values)
     model_settings = {name: values.pop(name, None) for name in
                       ("backbone", "backbone_scale", "refine_mode", "refine_sample_pixels", "refine_threshold")}
@@ -120,3 +127,112 @@ def spec_from_options(values: dict[str, Any], padding: str = "replicate") -> Mod
         config_file=values.pop("config_file", None), seed=values.pop("seed", None), settings=model_settings,
         target=target, options=options, padding=padding, **settings,
     )
+
+
+# -- export ------------------------------------------------------------------------------------
+def _apply(func: F, decorators: list[Callable[[F], F]]) -> F:
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
+
+
+def weights_options(func: F) -> F:
+    """The model an export builds: architecture, weights, refine settings."""
+    return _apply(func, [
+        click.option("--model-type", type=click.Choice(MODEL_TYPES), default="refine", show_default=True),
+        click.option("--backbone", type=click.Choice(BACKBONES), default="mobilenetv2", show_default=True),
+        click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Weights (default: synthetic)."),
+        click.option("--seed", type=int, default=0, show_default=True, help="Synthetic-weights seed (without --checkpoint)."),
+        click.option("--backbone-scale", default="auto", show_default=True,
+                     help="auto (from --resolution: 0.25 up to HD, 0.125 above) or a float in [0.01, 0.5]."),
+        click.option("--refine-mode", type=click.Choice(REFINE_MODES), default="sampling", show_default=True),
+        click.option("--refine-sample-pixels", type=click.IntRange(min=16), default=None,
+                     help="Pixels refined per image [auto: 80000 HD, 320000 4K]."),
+        click.option("--refine-threshold", type=click.FloatRange(0, 1), default=0.1, show_default=True),
+        click.option("--refine-kernel-size", type=click.Choice([str(k) for k in KERNEL_SIZES]), default="3",
+                     show_default=True),
+        click.option("--prevent-oversampling/--no-prevent-oversampling", default=True, show_default=True,
+                     help="Sampling mode: skip cells with zero error."),
+        click.option("--crop-method", type=click.Choice(CROP_METHODS), default=None,
+                     help="Patch crop [onnx: roi_align, torchscript: unfold]."),
+        click.option("--replace-method", type=click.Choice(REPLACE_METHODS), default=None,
+                     help="Patch replace [onnx: scatter_element, torchscript: scatter_nd]."),
+    ])
+
+
+def model_config_from_options(values: dict[str, Any]) -> tuple[ModelConfig, str | None]:
+    """Pops :func:`weights_options`: ``(ModelConfig, checkpoint)``."""
+    scale_text = values.pop("backbone_scale")
+    scale: float | None = None  # auto: resolved from the target resolution by the export
+    if scale_text != "auto":
+        try:
+            scale = float(scale_text)
+        except ValueError:
+            raise UsageError(f"--backbone-scale {scale_text!r} is not valid; use auto or a float in [0.01, 0.5]") from None
+    config = ModelConfig(
+        model_type=values.pop("model_type"), backbone=values.pop("backbone"), backbone_scale=scale,
+        refine_mode=values.pop("refine_mode"), refine_sample_pixels=values.pop("refine_sample_pixels"),
+        refine_threshold=values.pop("refine_threshold"), refine_kernel_size=int(values.pop("refine_kernel_size")),
+        refine_prevent_oversampling=values.pop("prevent_oversampling"),
+        refine_patch_crop_method=values.pop("crop_method"), refine_patch_replace_method=values.pop("replace_method"),
+        seed=values.pop("seed"),
+    )
+    return config, values.pop("checkpoint")
+
+
+def onnx_export_options(func: F) -> F:
+    """How the ONNX graph (and formats built from it) is made."""
+    return _apply(func, [
+        click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True),
+        click.option("--opset", type=click.IntRange(min=7), default=None, help="ONNX opset [legacy 17, dynamo 18]."),
+        click.option("--exporter", type=click.Choice(EXPORTERS), default=None,
+                     help="ONNX exporter: dynamo (torch.export-based) or legacy (TorchScript-based) [see docs/export.md]."),
+        click.option("--simplify/--no-simplify", default=True, show_default=True, help="Run onnxsim (ONNX)."),
+        click.option("--outputs", default=None, help="Comma-separated outputs to keep, e.g. pha,fgr [all]."),
+        click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Trace batch size (ONNX)."),
+        click.option("--target", "graph_target", type=click.Choice(GRAPH_TARGETS), default="generic", show_default=True,
+                     help="ONNX: tensorrt applies the TensorRT-safe rewrites."),
+    ])
+
+
+def onnx_config_from_options(values: dict[str, Any]) -> tuple[OnnxConfig, tuple[str, ...] | None]:
+    """Pops :func:`onnx_export_options`: ``(OnnxConfig, outputs)``."""
+    outputs = values.pop("outputs")
+    names = tuple(name.strip() for name in outputs.split(",") if name.strip()) if outputs else None
+    config = OnnxConfig(opset=values.pop("opset"), exporter=values.pop("exporter") or DEFAULT_EXPORTER,
+                        precision=values.pop("precision"), simplify=values.pop("simplify"), outputs=names,
+                        trace_batch=values.pop("batch"), target=values.pop("graph_target"))
+    return config, names
+
+
+def engine_options(func: F) -> F:
+    """``--format tensorrt``: the engine build."""
+    return _apply(func, [
+        click.option("--from-onnx", type=click.Path(dir_okay=False), default=None,
+                     help="--format tensorrt: build the engine from this bgm-deploy ONNX file instead of exporting one."),
+        click.option("--engine-preset", type=click.Choice(["hd", "4k"]), default=None,
+                     help="--format tensorrt: optimisation profile preset [from the backbone scale]."),
+        click.option("--workspace-mib", type=click.IntRange(min=16), default=4096, show_default=True,
+                     help="--format tensorrt: builder workspace limit."),
+        click.option("--timing-cache", type=click.Path(dir_okay=False), default=None,
+                     help="--format tensorrt: timing cache file (read and updated)."),
+    ])
+
+
+def triton_options(func: F) -> F:
+    """``--format triton``: the model repository."""
+    return _apply(func, [
+        click.option("--triton-backend", type=click.Choice(["onnxruntime", "python"]), default="onnxruntime",
+                     show_default=True,
+                     help="--format triton: Triton's onnxruntime backend, or the Python backend running the predictor."),
+        click.option("--triton-name", default="bgm", show_default=True, help="--format triton: model name (its folder)."),
+        click.option("--max-batch-size", type=click.IntRange(1, 64), default=4, show_default=True, help="--format triton."),
+        click.option("--queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
+                     help="--format triton: dynamic batching queue delay."),
+        click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True, help="--format triton."),
+        click.option("--triton-device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
+                     help="--format triton: instance kind."),
+        click.option("--trt-accelerator/--no-trt-accelerator", default=False, show_default=True,
+                     help="--format triton (onnxruntime, gpu): onnxruntime's TensorRT accelerator on the TensorRT-safe graph."),
+        click.option("--trt-fp16/--no-trt-fp16", default=True, show_default=True, help="With --trt-accelerator: FP16 engines."),
+    ])

@@ -7,6 +7,8 @@ import os
 import platform
 from typing import Any
 
+from runtimes.targets import targets
+
 
 def _version(module: str) -> str | None:
     try:
@@ -35,6 +37,20 @@ def onnxruntime_providers() -> list[str]:
         return []
 
 
+def target_table() -> list[dict[str, Any]]:
+    """Every registered target: what it runs, where, and whether it is usable here (and why not).
+
+    onnxruntime-gpu compiles its CUDA and TensorRT providers in on every machine; a target
+    says "compiled in, not usable: no GPU" rather than listing them as available."""
+    rows = []
+    for target in targets():
+        reason = target.why_unusable()
+        rows.append({"name": target.name, "runner": target.runner, "device": target.device,
+                     "formats": list(target.formats), "usable": reason is None, "why_not": reason,
+                     "verified_on_hardware": target.verified, "summary": target.summary})
+    return rows
+
+
 def environment_info() -> dict[str, Any]:
     """A JSON-serialisable description of this machine and the libraries in use."""
     import torch
@@ -51,7 +67,7 @@ def environment_info() -> dict[str, Any]:
         "torchvision": _version("torchvision"),
         "onnx": _version("onnx"),
         "onnxruntime": _version("onnxruntime"),
-        "onnxruntime_providers": onnxruntime_providers(),
+        "onnxruntime_providers_compiled_in": onnxruntime_providers(),
         "onnxsim": _version("onnxsim"),
         "tensorrt": _version("tensorrt"),
         "cuda_available": cuda,

@@ -28,7 +28,7 @@ from exporters.metadata import file_formats, sidecar_config_path
 from exporters.onnx import SimplifyCheck, example_inputs, onnx_from_torch
 from exporters.paths import check_input_file, check_output_file
 from exporters.preflight import PreflightReport, preflight_onnx
-from exporters.recipes import Recipe, RecipeConfig, get_recipe
+from exporters.registered import Recipe, RecipeConfig, get_recipe
 from exporters.tensorrt import EngineConfig, EngineInfo, engine_from_onnx, import_tensorrt, require_gpu
 from exporters.torch_program import check_recipe_request
 from exporters.torchscript import torchscript_from_torch

@@ -26,8 +26,10 @@ from typing import Any
 
 from exporters.metadata import detect_format, read_metadata
 from exporters.paths import check_input_file, looks_like_checkpoint
+from model.checkpoint import config_for_checkpoint, read_checkpoint
 from model.config import ModelConfig
 from model.errors import ModelFileError, UsageError
+from runtimes import BaseRunner, create_runner
 from runtimes.targets import LoadRequest, Target, resolve_target
 
 SPEC_SCHEMA_VERSION = 1
@@ -97,6 +99,11 @@ class ModelSpec:
 
     # -- what it is -------------------------------------------------------------------------
     @property
+    def is_empty(self) -> bool:
+        """No model chosen: no file, no checkpoint, no seed, no settings."""
+        return self.model is None and self.checkpoint is None and self.seed is None and not self.settings
+
+    @property
     def format(self) -> str:
         """The file format (``onnx``, ``torchscript``, ...) or ``pytorch`` for weights."""
         if self.model is None:
@@ -156,23 +163,36 @@ class ModelSpec:
         if self.model is not None:
             return read_metadata(self.model, self.config_file).model_config
         if self.checkpoint is not None:
-            from model.checkpoint import config_for_checkpoint, read_checkpoint
-
             _, info = read_checkpoint(self.checkpoint)
             base = {"model_type": info.model_type, "backbone": info.backbone,
                     "refine_kernel_size": info.refine_kernel_size or 3}
             return config_for_checkpoint(ModelConfig(**{**base, **self.settings}), self.checkpoint)
         return ModelConfig(**{**self.settings, "seed": self.seed or 0})
 
-    def load_request(self, target: Target, config: ModelConfig, shared_cores: bool = False, precision: str = "fp32",
-                     cache_dir: str | Path | None = None) -> LoadRequest:
-        """What ``target`` needs to build its runner for this spec (see :class:`LoadRequest`)."""
-        return LoadRequest(
+    def create_runner(self, config: ModelConfig | None = None, shared_cores: bool = False, precision: str = "fp32",
+                      cache_dir: str | Path | None = None) -> tuple[BaseRunner, Target, ModelConfig]:
+        """The runner of this spec's target (not yet active), the target and the model config.
+
+        Args:
+            config: the model config when already read (saves reading the file twice).
+            shared_cores: other threads of this process need the cores (video decoding and
+                encoding): runtimes that spin-wait for work are told not to.
+            precision: ``fp32`` or ``fp16`` where the target takes it (eager PyTorch).
+            cache_dir: engine cache of GPU runtimes.
+        """
+        target = self.check()
+        config = config or self.model_config()
+        request = LoadRequest(
             fmt=self.format, path=Path(self.model) if self.model is not None else None, model_config=config,
             checkpoint=Path(self.checkpoint) if self.checkpoint is not None else None, threads=self.threads,
             allow_fallback=self.allow_fallback, precision=precision, options=target.option_values(self.options),
             shared_cores=shared_cores, cache_dir=Path(cache_dir) if cache_dir is not None else None,
         )
+        try:
+            runner = create_runner(target.runner, **target.build(request))
+        except TypeError as exc:  # a target declaration that passes an option its runner lacks
+            raise UsageError(f"target {target.name}: runner {target.runner!r} does not take these options: {exc}") from None
+        return runner, target, config
 
     # -- serialisation ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

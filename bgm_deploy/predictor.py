@@ -18,7 +18,7 @@ import numpy as np
 from model.checkpoint import config_for_checkpoint, read_checkpoint
 from model.config import ModelConfig
 from model.errors import ModelFileError, UsageError
-from runtimes import BaseRunner, create_runner
+from runtimes import BaseRunner
 
 from .model_spec import ModelSpec, spec_for_config
 from .images import pil_to_rgb, to_uint8
@@ -164,10 +164,7 @@ class Predictor:
         Raises:
             UsageError, ModelFileError, CheckpointError, RuntimeUnavailableError.
         """
-        target = spec.check()
-        config = model_config or spec.model_config()
-        request = spec.load_request(target, config, shared_cores, precision, cache_dir)
-        runner = create_runner(target.runner, **target.build(request))
+        runner, target, config = spec.create_runner(model_config, shared_cores, precision, cache_dir)
         log.info("loading %s on target %s", spec.source, target.name)
         return cls(runner, config.model_type, config, source=spec.source, padding=spec.padding, target=target.name)
 

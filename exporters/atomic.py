@@ -62,7 +62,7 @@ def stale_temp_files(target: str | Path, names: list[str] | None = None) -> list
         names: file names to consider (default: a fresh listing of the target's directory).
     """
     target = Path(target)
-    pattern = re.compile(re.escape(f".{target.name}{TEMP_MARKER}") + r"(\d+)(?:-\d+)?(\.[A-Za-z0-9]+)$")
+    pattern = re.compile(re.escape(f".{target.name}{TEMP_MARKER}") + r"(\d+)(?:-\d+)?((?:\.[A-Za-z0-9]+)+)$")
     if names is None:
         try:
             names = os.listdir(target.parent)

@@ -4,7 +4,8 @@ A :class:`Recipe` turns the eval-mode reference model into a file of one format
 (``executorch`` → ``.pte``, ``litert`` → ``.tflite``, ...). It is declared in its own
 exporter module (``exporters/<format>.py``) next to the file format it writes
 (:func:`exporters.metadata.register_format`); ``bgm-deploy export --format`` offers every
-registered recipe, and :func:`bgm_deploy.export.export` runs any of them the same way:
+registered recipe (import :mod:`exporters.registered`, which imports every recipe module, to
+see them all), and :func:`bgm_deploy.export.export` runs any of them the same way:
 settings resolved, model built, recipe called, the file re-checked against PyTorch through
 the format's runner when one is usable here, the metadata written next to it.
 
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
     from model.config import ModelConfig
 
 Progress = Callable[[str], None]
+# The original project's own ONNX recipe (exporters.original): bench's baseline row.
+ORIGINAL_RECIPE = "onnx-original"
 
 
 @dataclass(frozen=True)
@@ -109,8 +112,3 @@ def recipes() -> list[Recipe]:
 def get_recipe(fmt: str) -> Recipe | None:
     return _RECIPES.get(fmt)
 
-
-# The recipe modules register themselves on import; each keeps its heavy imports (torch,
-# executorch, ...) inside its functions, so the CLI can list the formats for --help quickly.
-# A new format is one module here plus this line's entry.
-from . import _recipe_modules  # noqa: E402,F401  (isort: skip)

@@ -83,11 +83,23 @@ def _refused_detail(message: str) -> str | None:
     return match.group(1).strip() if match and match.group(1).strip() else "an object that is not a tensor"
 
 
+def _is_torchscript(path: Path) -> bool:
+    """A TorchScript archive: a zip with a ``code/`` folder (a plain ``torch.save`` has none)."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
 def read_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], CheckpointInfo]:
     """Reads a checkpoint with ``weights_only=True``; raises :class:`CheckpointError` naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist (pass the path of a pytorch_<backbone>.pth file)")
+    if _is_torchscript(path):
+        raise CheckpointError(f"--checkpoint {path} is a TorchScript file (an exported model), not a checkpoint of "
+                              f"weights; run it with --model {path}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch's pickle-protocol notes would add lines to the one error

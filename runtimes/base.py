@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -95,6 +96,24 @@ class BaseRunner(ABC):
         self.last_inference_time = time.perf_counter() - start
         return outputs
 
+    def prepare(self, feeds: dict[str, Any]) -> Callable[[], Any]:
+        """Puts ``feeds`` where the runtime computes (device buffers, bound once) and returns a
+        zero-argument call that runs the model on them, leaving the outputs where the runtime
+        keeps them: what compute-only benchmarks time (no host↔device copies, no conversions).
+
+        The default checks the feeds once and calls :meth:`_infer` on them; runtimes with
+        device memory or tensors of their own override :meth:`_prepare`.
+        """
+        self._require_active("prepare")
+        self._check_feeds(feeds)
+        return self._prepare(feeds)
+
+    def _prepare(self, feeds: dict[str, Any]) -> Callable[[], Any]:
+        return lambda: self._infer(feeds)
+
+    def synchronize(self) -> None:
+        """Waits for work the runtime queued on a device (CPU runtimes: nothing to wait for)."""
+
     def _check_feeds(self, feeds: dict[str, Any]) -> None:
         expected = set(self._inputs)
         given = set(feeds)
@@ -134,6 +153,15 @@ class BaseRunner(ABC):
 
     @abstractmethod
     def _infer(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]: ...
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A numpy array of a numpy array, a torch tensor (any device) or an array-like."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "detach"):  # torch tensor
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 def _same_dtype(actual: Any, expected: np.dtype) -> bool:

@@ -17,7 +17,7 @@ import numpy as np
 
 from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
 
-from .base import BaseRunner, Dim, TensorMeta, check_threads
+from .base import BaseRunner, Dim, TensorMeta, check_threads, to_numpy
 from .registry import register_runner
 from .targets import LoadRequest, Target, all_of, cuda_missing, module_missing, register_target
 
@@ -203,7 +203,7 @@ class OnnxRuntimeRunner(BaseRunner):
         try:
             if self._binding is not None:
                 return self._infer_bound(feeds, names)
-            arrays = {key: _to_numpy(value) for key, value in feeds.items()}
+            arrays = {key: to_numpy(value) for key, value in feeds.items()}
             results = self.session.run(names, arrays)
         except RunnerError:
             raise
@@ -214,14 +214,14 @@ class OnnxRuntimeRunner(BaseRunner):
         return dict(zip(names, results))
 
     def _infer_bound(self, feeds: dict[str, Any], names: list[str]) -> dict[str, np.ndarray]:
-        binding = self.bind_device_io(feeds, names)
+        binding = self._bind_device_io(feeds, names)
         self.session.run_with_iobinding(binding)
         return dict(zip(names, binding.copy_outputs_to_cpu()))
 
-    def bind_device_io(self, feeds: dict[str, Any], names: list[str] | None = None) -> Any:
+    def _bind_device_io(self, feeds: dict[str, Any], names: list[str] | None = None) -> Any:
         """IO binding on CUDA/TensorRT: inputs copied once into reused device buffers (or bound
         in place when they are CUDA tensors), outputs left on the device. Returns the
-        ``IOBinding``; :meth:`run_bound` runs it (the benchmark times exactly that).
+        ``IOBinding`` (:meth:`_prepare` runs it: what the benchmark times).
         Unverified on hardware: written against onnxruntime's IOBinding API, no GPU here."""
         if self._binding is None:
             raise RunnerError(f"runner 'onnxruntime' ({self.provider}): IO binding needs a CUDA/TensorRT session")
@@ -238,7 +238,7 @@ class OnnxRuntimeRunner(BaseRunner):
                     key, "cuda", tensor.device.index or 0, self._inputs[key].dtype, list(tensor.shape), tensor.data_ptr()
                 )
                 continue
-            array = np.ascontiguousarray(_to_numpy(value))
+            array = np.ascontiguousarray(to_numpy(value))
             buffer = self._device_inputs.get(key)
             if buffer is not None and tuple(buffer.shape()) == array.shape:
                 buffer.update_inplace(array)
@@ -250,22 +250,25 @@ class OnnxRuntimeRunner(BaseRunner):
             binding.bind_output(name, "cuda", self.device_id)
         return binding
 
-    def run_bound(self, binding: Any) -> Any:
-        """Runs a binding from :meth:`bind_device_io`; the outputs stay on the device."""
-        self.session.run_with_iobinding(binding)
-        return binding
+    def _prepare(self, feeds: dict[str, Any]) -> Any:
+        """CPU: the session on the numpy feeds. CUDA/TensorRT: inputs bound once to device
+        buffers, outputs left on the device (unverified: no GPU here)."""
+        if self._binding is None:
+            arrays = {key: to_numpy(value) for key, value in feeds.items()}
+            names = list(self._outputs)
+            return lambda: self.session.run(names, arrays)
+        binding = self._bind_device_io(feeds)
+        return lambda: self.session.run_with_iobinding(binding)
+
+    def synchronize(self) -> None:
+        if self._binding is not None:
+            import torch  # onnxruntime's CUDA streams: the whole device (GPU runs only)
+
+            torch.cuda.synchronize(self.device_id)
 
 
 def _is_torch_cuda(value: Any) -> bool:
     return type(value).__module__.startswith("torch") and getattr(getattr(value, "device", None), "type", "") == "cuda"
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach"):  # torch tensor
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 

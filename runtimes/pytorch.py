@@ -90,7 +90,9 @@ class PyTorchRunner(BaseRunner):
         if self._given_module is not None:
             module = self._given_module
         else:
-            from model.checkpoint import build_model  # torch: only when a runner starts (CLI --help reads the targets)
+            # deferred: torch only when a runner starts (the CLI's --help reads this module's targets)
+            from model.checkpoint import build_model
+
 
             module = build_model(self.model_config, self.checkpoint)
         self.module = module.eval().to(self.device, getattr(torch, self.dtype_name))
@@ -104,6 +106,22 @@ class PyTorchRunner(BaseRunner):
         inputs = {name: TensorMeta(name, dtype, ("batch", 3, "height", "width")) for name in INPUT_NAMES}
         outputs = {name: TensorMeta(name, dtype, ("batch", None, None, None)) for name in self.output_names}
         return inputs, outputs
+
+    def _prepare(self, feeds: dict[str, Any]) -> Any:
+        """The module on tensors already on the device in its dtype (no conversions timed)."""
+        torch = import_torch()
+        dtype = getattr(torch, self.dtype_name)
+        src, bgr = (to_tensor(feeds[name], self.device).to(dtype) for name in INPUT_NAMES)
+
+        def run() -> Any:
+            with torch.inference_mode():
+                return self.module(src, bgr)
+
+        return run
+
+    def synchronize(self) -> None:
+        if self.device is not None and self.device.type == "cuda":
+            import_torch().cuda.synchronize(self.device)
 
     def _infer(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         torch = import_torch()

@@ -108,6 +108,8 @@ class Target:
             TensorRT-safe graph, ``torchscript``, ``tensorrt`` for an engine; None:
             ``pytorch`` runs the model itself).
         verified: False where no run on real hardware has happened (documentation).
+        bench_by_default: a plain ``bench`` runs this row; False for rows whose file takes
+            minutes to build (AOTInductor's compile): they run when named with ``--backend``.
     """
 
     name: str
@@ -123,6 +125,7 @@ class Target:
     bench: str | None = None
     recipe: str | None = None
     verified: bool = True
+    bench_by_default: bool = True
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

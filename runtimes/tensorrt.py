@@ -48,7 +48,7 @@ class TensorRTRunner(BaseRunner):
     def _activate(self) -> None:
         if not self.path.is_file():
             raise ModelFileError(f"engine file {self.path} does not exist")
-        # torch and TensorRT: only when a runner starts (the CLI reads this module's targets for --help)
+        # deferred: torch and TensorRT only when a runner starts (the CLI's --help reads the targets)
         from exporters.tensorrt import check_engine_compatible, import_tensorrt, require_gpu
 
         trt = import_tensorrt()
@@ -97,6 +97,16 @@ class TensorRTRunner(BaseRunner):
             storage = torch.empty(max(numel, 1), dtype=torch_dtype, device=f"cuda:{self.device_id}")
             self._buffers[name] = storage
         return storage[:numel].view(shape)
+
+    def _prepare(self, feeds: dict[str, Any]) -> Any:
+        """Inputs given to TensorRT as CUDA tensors (no host→device copy); outputs are still
+        copied to the host by :meth:`_infer`, so these timings include that copy."""
+        torch = self._torch
+        on_device = {name: torch.as_tensor(value).to(f"cuda:{self.device_id}") for name, value in feeds.items()}
+        return lambda: self._infer(on_device)
+
+    def synchronize(self) -> None:
+        self._torch.cuda.synchronize(self.device_id)
 
     def _infer(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
         torch = self._torch

@@ -69,9 +69,12 @@ def _local_project_imports() -> list[tuple[str, int, bool]]:
     return found
 
 
-# The CLI defers the torch-loading API (instant --help); the Python-backend model file is run
-# by Triton's stub, which can import bgm_deploy only after initialize() extends sys.path.
-DEFERRING_FILES = ("bgm_deploy/cli.py", "bgm_deploy/triton_model.py")
+# The CLI (cli.py and its option groups) defers the torch-loading API (instant --help); runner
+# modules, read by --help for their target declarations, defer the torch they load only when a
+# runner starts; the Python-backend model file is run by Triton's stub, which can import
+# bgm_deploy only after initialize() extends sys.path.
+DEFERRING_FILES = ("bgm_deploy/cli.py", "bgm_deploy/cli_options.py", "bgm_deploy/serve/triton_model.py",
+                   "runtimes/pytorch.py", "runtimes/tensorrt.py")
 
 
 def test_function_local_project_imports_only_defer_the_api_in_the_cli() -> None:

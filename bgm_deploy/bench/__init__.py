@@ -31,7 +31,17 @@ from model.spec import BACKBONE_SCALE_RANGE, MAX_SAMPLE_PIXELS, MAX_SIDE, MIN_SA
 
 from ..environment import environment_info
 from ..images import BUNDLED_PAIRS_DIR
-from .backends import BACKENDS, ORIGINAL_BACKEND, PRECISIONS, ArtifactCache, Inputs, prepare_backend, unavailable_reason
+from .backends import (
+    ORIGINAL_BACKEND,
+    PRECISIONS,
+    ArtifactCache,
+    Inputs,
+    compatible_rows,
+    get_row,
+    prepare_backend,
+    row_names,
+    unavailable_reason,
+)
 from .flops import count_flops, measure_peak_gemm
 from .harness import TimingConfig, measure, measure_stages
 from .report import (
@@ -143,8 +153,7 @@ class BenchConfig:
         if self.threads is not None and self.threads < 1:
             raise UsageError(f"threads={self.threads!r} is not valid; it must be >= 1")
         for backend in self.backends or ():
-            if backend not in BACKENDS:
-                raise UsageError(f"backend={backend!r} is not valid; valid: {', '.join(BACKENDS)}")
+            get_row(backend)  # raises, naming the valid rows
         for precision in self.precisions:
             if precision not in PRECISIONS:
                 raise UsageError(f"precision={precision!r} is not valid; valid: {', '.join(PRECISIONS)}")
@@ -293,10 +302,10 @@ def _apply_mode(model: ModelConfig, mode: str) -> ModelConfig:
 
 
 def _file_backends(fmt: str, requested: tuple[str, ...] | None) -> list[str]:
-    compatible = {"onnx": ["onnx-cpu", "openvino-cpu", "onnx-cuda", "onnx-tensorrt"], "torchscript": ["torchscript"], "tensorrt": ["tensorrt"]}[fmt]
+    compatible = compatible_rows(fmt)
     if requested is None:
         return compatible
-    chosen = [b for b in requested if b in compatible]
+    chosen = [get_row(b).name for b in requested if get_row(b).name in compatible]
     if not chosen:
         raise UsageError(f"--backend {','.join(requested)} cannot run a {fmt} file; valid for it: {', '.join(compatible)}")
     return chosen
@@ -305,7 +314,7 @@ def _file_backends(fmt: str, requested: tuple[str, ...] | None) -> list[str]:
 def _jobs(config: BenchConfig, size: tuple[int, int]) -> list[_Job]:
 
     if not config.models:
-        backends = list(config.backends or BACKENDS)
+        backends = [get_row(b).name for b in config.backends] if config.backends else row_names()
         return [_Job(_model_config(config, backbone, size), backends) for backbone in config.backbones]
 
     jobs = []
@@ -348,7 +357,7 @@ def bench(config: BenchConfig, progress: Progress | None = None) -> Any:
     requested = config.backends
     if requested is not None:
         for backend, precision in itertools.product(requested, config.precisions):
-            reason = unavailable_reason(backend, precision, device)
+            reason = unavailable_reason(backend, precision)
             if reason is not None:
                 raise RuntimeUnavailableError(f"backend {backend!r} ({precision}) cannot run on this machine: {reason}")
     saved_threads = torch.get_num_threads()
@@ -419,7 +428,9 @@ class _Run:
                 self.warnings.extend(w for w in job.warnings if w not in self.warnings)
                 for precision in config.precisions:
                     for backend in job.backends:
-                        reason = unavailable_reason(backend, precision, self.device)
+                        reason = unavailable_reason(backend, precision)
+                        if reason is None and config.backends is None and not get_row(backend).target.bench_by_default:
+                            reason = f"opt-in row (building its file takes minutes): pass --backend {backend}"
                         if reason is None:
                             self._measure(job, backend, precision, size)
                         elif (skipped := SkippedBackend(backend, precision, reason)) not in self.skipped:
@@ -439,7 +450,7 @@ class _Run:
         model_file = job.model_file if backend_name != "eager" else None
         try:
             backend = prepare_backend(
-                backend_name, model, precision, self.device, self.threads, self.artifacts, model_file,
+                backend_name, model, precision, self.threads, self.artifacts, model_file,
                 self.config.checkpoint, (config.batch, size[1], size[0]),
             )
         except BgmDeployError as exc:

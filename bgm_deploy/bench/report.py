@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from exporters.atomic import atomic_write_bytes
+from exporters.recipes import ORIGINAL_RECIPE
 from model.errors import UsageError
 
 from .stats import LatencyStats
 
 # The original project's ONNX recipe (exporters/original.py): its row is the baseline of
 # ``speedup_vs_original``. Defined here, not in backends.py, so reading reports needs no torch.
-ORIGINAL_BACKEND = "onnx-original"
+ORIGINAL_BACKEND = ORIGINAL_RECIPE  # the row of the original project's ONNX recipe
 
 REPORT_SCHEMA_VERSION = 1
 

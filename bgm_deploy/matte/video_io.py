@@ -19,7 +19,6 @@ import itertools
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,10 +26,10 @@ from typing import Any
 
 import numpy as np
 
-from exporters.atomic import _UMASK  # the process umask, read once (os.umask is not thread-safe)
+from exporters.atomic import _UMASK, new_temp_file  # the umask read once (os.umask is not thread-safe)
 from model.errors import RuntimeUnavailableError, UsageError, VideoError
 
-from .images import IMAGE_SUFFIXES, load_image, save_image
+from ..images import IMAGE_SUFFIXES, load_image, save_image
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ class VideoSource:
     """
 
     def __init__(self, spec: str | Path, fmt: str | None = None, options: dict[str, str] | None = None,
-                 live: bool | None = None) -> None:
+                 live: bool | None = None, threads: int | None = None) -> None:
         av = import_av()
         self.spec = str(spec)
         self.live = is_live(spec) if live is None else live
@@ -161,6 +160,8 @@ class VideoSource:
             raise VideoError(f"{self.spec}: its video codec is not supported by this FFmpeg (PyAV {av.__version__}); "
                              "re-encode it to H.264 (e.g. ffmpeg -i in -c:v libx264 out.mp4)")
         self.stream.thread_type = "AUTO"  # frame + slice threads: decoding keeps up with the model
+        if threads is not None:
+            self.stream.codec_context.thread_count = threads
         # PyAV exposes the display matrix on frames only: decode the first frame now (it is
         # yielded first) for the rotation, the upright size, and to know a clip is not empty.
         self._decoding = self.container.decode(self.stream)
@@ -288,14 +289,14 @@ Source = VideoSource | SequenceSource
 
 
 def open_source(spec: str | Path, rate: float | None = None, fmt: str | None = None,
-                options: dict[str, str] | None = None) -> Source:
+                options: dict[str, str] | None = None, threads: int | None = None) -> Source:
     """A video file, an image-sequence folder, or a live URL/device (``fmt`` names an FFmpeg
-    input format such as ``v4l2``; given, the source is live)."""
+    input format such as ``v4l2``; given, the source is live). ``threads``: decoder threads."""
     if fmt is not None or is_live(spec):
-        return VideoSource(spec, fmt=fmt, options=options, live=True)
+        return VideoSource(spec, fmt=fmt, options=options, live=True, threads=threads)
     if Path(spec).is_dir():
         return SequenceSource(spec, rate)
-    return VideoSource(spec, options=options)
+    return VideoSource(spec, options=options, threads=threads)
 
 
 def _ffmpeg_message(exc: BaseException) -> str:
@@ -395,12 +396,20 @@ def check_format(kind: str, fmt_name: str, layout: str, size: tuple[int, int]) -
             f"pick another format ({', '.join(FORMATS)})") from None
     pix_fmt = fmt.pix_fmt(layout, size)
     if codec.video_formats and pix_fmt not in {f.name for f in codec.video_formats}:
-        raise RuntimeUnavailableError(f"format {kind}={fmt_name}: this FFmpeg's {fmt.codec} cannot encode {pix_fmt}")
-    _probe_encoder(av, fmt, pix_fmt, kind)
+        raise RuntimeUnavailableError(f"format {kind}={fmt_name}: this FFmpeg's {fmt.codec} cannot encode {pix_fmt}"
+                                      f"{' (the frame size is odd)' if pix_fmt != fmt.pix_fmts[layout] else ''}; "
+                                      f"pick another format: {_alternatives(layout, fmt_name)}")
+    _probe_encoder(av, fmt, pix_fmt, kind, layout, size)
     return fmt
 
 
-def _probe_encoder(av: Any, fmt: VideoFormat, pix_fmt: str, kind: str) -> None:
+def _alternatives(layout: str, but: str) -> str:
+    """Software formats that can hold ``layout`` (an alpha channel needs one that stores it)."""
+    names = [name for name, f in FORMATS.items() if layout in f.pix_fmts and name != but and name != "h264-nvenc"]
+    return ", ".join(names)
+
+
+def _probe_encoder(av: Any, fmt: VideoFormat, pix_fmt: str, kind: str, layout: str, size: tuple[int, int]) -> None:
     """Opens the encoder once at a small size: hardware encoders are listed even when no
     device can run them, and fail only when opened."""
     context = av.CodecContext.create(fmt.codec, "w")
@@ -409,9 +418,10 @@ def _probe_encoder(av: Any, fmt: VideoFormat, pix_fmt: str, kind: str) -> None:
     try:
         context.open()
     except av.FFmpegError as exc:
+        odd = f" for the odd frame size {size[0]}x{size[1]} ({pix_fmt})" if pix_fmt != fmt.pix_fmts[layout] else ""
         raise RuntimeUnavailableError(
-            f"format {kind}={fmt.name}: the {fmt.codec} encoder cannot be opened here ({_ffmpeg_message(exc)}); "
-            "pick a software format such as h264, ffv1 or png") from None
+            f"format {kind}={fmt.name}: the {fmt.codec} encoder cannot be opened here{odd} ({_ffmpeg_message(exc)}); "
+            f"pick a software format: {_alternatives(layout, fmt.name)}") from None
     finally:
         with contextlib.suppress(Exception):  # closing a never-opened context may fail; nothing to release
             context.close()
@@ -432,6 +442,17 @@ class SequenceWriter:
     @property
     def final_path(self) -> Path:
         return self.folder
+
+    @staticmethod
+    def clear(folder: Path) -> int:
+        """Removes the PNG frames of an earlier run (``--overwrite``): a shorter new run must not
+        leave old frames behind it. Returns how many were removed."""
+        if not folder.is_dir():
+            return 0
+        frames = [path for path in folder.iterdir() if path.is_file() and path.suffix.lower() == ".png"]
+        for path in frames:
+            path.unlink()
+        return len(frames)
 
     def path_for(self, frame: Frame) -> Path:
         return self.folder / f"{frame.name}.png"
@@ -470,10 +491,9 @@ class VideoWriter:
         self.written = 0
         self.skipped = 0
         self.audio_note: str | None = None
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-        os.close(handle)
-        self.temp = Path(name)
+        # A pid-named temp file: one left by a killed process is removed by the next write of
+        # the same output (exporters.atomic).
+        self.temp = new_temp_file(path, ".part")
         self._pieces: list[Path] = [self.temp]
         self.container = None
         try:
@@ -528,9 +548,7 @@ class VideoWriter:
 
     def _with_audio(self, source: Source) -> Path:
         av = import_av()
-        handle, name = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".audio.part")
-        os.close(handle)
-        target = Path(name)
+        target = new_temp_file(self.path, ".audio.part")
         self._pieces.append(target)
         try:
             with av.open(str(self.temp)) as video_in, av.open(source.spec) as audio_in, \

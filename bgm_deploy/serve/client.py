@@ -28,9 +28,9 @@ import numpy as np
 
 from model.errors import BgmDeployError, MissingExtraError, ServeError, UsageError
 
-from .images import pil_to_rgb, to_uint8
-from .predictor import PADDING_MODES, Prediction
-from .triton_repo import SERVE_EXTRA_HINT
+from ..images import pil_to_rgb, to_uint8
+from ..predictor import PADDING_MODES, Prediction
+from .repository import SERVE_EXTRA_HINT
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,7 @@ Every ``config.pbtxt`` is validated by parsing it into Triton's own ``ModelConfi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -29,12 +30,14 @@ from typing import Any
 
 from exporters.atomic import atomic_write_text
 from exporters.config import CHANNELS, OnnxConfig
+from exporters.metadata import SIDECAR_SUFFIX, sidecar_config_path
 from exporters.paths import check_output_file
 from model.config import ModelConfig
 from model.errors import MissingExtraError, ServeError, UsageError
 
-from .export import export
-from .predictor import Predictor
+from ..export import export
+from ..model_spec import ModelSpec
+from ..predictor import Predictor
 
 FLAVOURS = ("python", "onnxruntime")
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
@@ -78,7 +81,6 @@ class TritonModelOptions:
         max_pixels: python flavour: larger images (H*W) are refused; 0 disables the limit.
         pad: python flavour: pad sizes that are not a multiple of 4 (like the predictor) instead
             of refusing them.
-        threads: python flavour: intra-op threads per instance (None: the runtime's default).
         tensorrt: onnxruntime flavour: enable onnxruntime's TensorRT accelerator (GPU).
         tensorrt_fp16: with ``tensorrt``: build FP16 engines.
         tensorrt_cache: with ``tensorrt``: engine cache directory inside the container.
@@ -94,7 +96,6 @@ class TritonModelOptions:
     io_dtype: str = "uint8"
     max_pixels: int = DEFAULT_MAX_PIXELS
     pad: bool = False
-    threads: int | None = None
     tensorrt: bool = False
     tensorrt_fp16: bool = True
     tensorrt_cache: str = "/tmp/bgm_trt_cache"
@@ -114,8 +115,6 @@ class TritonModelOptions:
             raise UsageError(f"io_dtype={self.io_dtype!r} is not valid; valid: {', '.join(IO_DTYPES)}")
         if self.max_pixels < 0:
             raise UsageError(f"max_pixels={self.max_pixels} is not valid; it must be >= 0 (0: no limit)")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"threads={self.threads} is not valid; it must be >= 1 or None")
         if not self.outputs or len(set(self.outputs)) != len(self.outputs):
             raise UsageError(f"outputs={','.join(self.outputs)!r} is not valid; name each output once")
         if self.tensorrt and self.kind != "gpu":
@@ -123,63 +122,59 @@ class TritonModelOptions:
 
 
 # -- config.pbtxt ------------------------------------------------------------------------------
-def _quote(text: str) -> str:
-    return json.dumps(text)  # a protobuf text-format string literal for our ASCII/JSON values
-
-
-def _tensor_block(name: str, data_type: str, dims: list[int]) -> str:
-    return f'  {{ name: "{name}" data_type: {data_type} dims: [ {", ".join(map(str, dims))} ] }}'
-
-
-def _common(options: TritonModelOptions, backend: str, inputs: list[str], outputs: list[str]) -> list[str]:
-    lines = [f'name: "{options.name}"', f'backend: "{backend}"', f"max_batch_size: {options.max_batch_size}"]
-    lines += ["input [", ",\n".join(inputs), "]", "output [", ",\n".join(outputs), "]"]
+def _model_config(options: TritonModelOptions, backend: str, kind: str) -> Any:
+    """The parts of Triton's ``ModelConfig`` message both flavours share."""
+    model_config_pb2, _ = import_model_config_pb2()
+    message = model_config_pb2.ModelConfig(name=options.name, backend=backend, max_batch_size=options.max_batch_size)
     if options.dynamic_batching:
-        lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {options.max_queue_delay_us} }}")
-    lines.append(f"instance_group [ {{ count: {options.instances} kind: {KINDS[options.kind]} }} ]")
-    return lines
+        message.dynamic_batching.max_queue_delay_microseconds = options.max_queue_delay_us
+    group = message.instance_group.add(count=options.instances)
+    group.kind = getattr(model_config_pb2.ModelInstanceGroup, KINDS[kind])
+    return message
 
 
-def _parameters(values: dict[str, str]) -> list[str]:
-    return [f"parameters {{ key: {_quote(key)} value {{ string_value: {_quote(value)} }} }}" for key, value in values.items()]
+def _add_tensor(message: Any, field_name: str, name: str, data_type: str, dims: list[int]) -> None:
+    model_config_pb2, _ = import_model_config_pb2()
+    tensor = getattr(message, field_name).add(name=name, dims=dims)
+    tensor.data_type = model_config_pb2.DataType.Value(data_type)
 
 
-def python_config_text(
-    options: TritonModelOptions, model_type: str, model_file: str = "", checkpoint: str = "",
-    model_config: ModelConfig | None = None, python_path: str = "",
-) -> str:
+def _text(message: Any) -> str:
+    _, text_format = import_model_config_pb2()
+    text = text_format.MessageToString(message)
+    validate_config_text(text)
+    return text
+
+
+def python_config_text(options: TritonModelOptions, model_type: str, spec: ModelSpec, kind: str,
+                       python_path: str = "") -> str:
     """``config.pbtxt`` of the python flavour (validated before it is returned).
 
     Args:
-        model_file: the exported model, relative to the version folder or absolute.
-        checkpoint: a checkpoint instead (absolute), with ``model_config``.
+        model_type: ``refine`` or ``base``.
+        spec: what each model instance loads (``Predictor.from_spec``); a relative model path
+            is relative to the version folder.
+        kind: ``cpu`` or ``gpu`` instances (the spec's target device).
         python_path: a folder put first on the stub's ``sys.path`` (``serve`` passes the
             bgm-deploy it runs itself); empty: ``bgm_deploy`` must be installed for the stub.
     """
     unknown = [name for name in options.outputs if name not in SERVED_OUTPUTS]
     if unknown:
-        raise UsageError(f"outputs={','.join(options.outputs)!r} is not valid here; served outputs: {', '.join(SERVED_OUTPUTS)}")
+        raise UsageError(f"--outputs {','.join(options.outputs)} is not valid here; served outputs: {', '.join(SERVED_OUTPUTS)}")
+    message = _model_config(options, "python", kind)
     dtype = IO_DTYPES[options.io_dtype]
-    inputs = [_tensor_block(name, dtype, [-1, -1, 3]) for name in ("src", "bgr")]
-    outputs = []
+    for name in ("src", "bgr"):
+        _add_tensor(message, "input", name, dtype, [-1, -1, 3])
     for name in options.outputs:
         channels = _SERVED_CHANNELS[name]
-        dims = [-1, -1] if channels is None else [-1, -1, channels]
-        outputs.append(_tensor_block(name, "TYPE_UINT8" if name == "com" else dtype, dims))
-    params = {
-        "model_type": model_type,
-        "model_file": model_file,
-        "checkpoint": checkpoint,
-        "model_config": model_config.to_json() if model_config is not None else "",
-        "io_dtype": options.io_dtype,
-        "max_pixels": str(options.max_pixels),
-        "pad": "true" if options.pad else "false",
-        "threads": str(options.threads or ""),
-        "python_path": python_path,
-    }
-    text = "\n".join(_common(options, "python", inputs, outputs) + _parameters(params)) + "\n"
-    validate_config_text(text)
-    return text
+        _add_tensor(message, "output", name, "TYPE_UINT8" if name == "com" else dtype,
+                    [-1, -1] if channels is None else [-1, -1, channels])
+    params = {"model_type": model_type, "model_spec": spec.to_json(), "io_dtype": options.io_dtype,
+              "max_pixels": str(options.max_pixels), "pad": "true" if options.pad else "false",
+              "python_path": python_path}
+    for key, value in params.items():
+        message.parameters[key].string_value = value
+    return _text(message)
 
 
 def onnxruntime_config_text(options: TritonModelOptions, onnx_inputs: dict[str, str], onnx_outputs: dict[str, str]) -> str:
@@ -188,26 +183,24 @@ def onnxruntime_config_text(options: TritonModelOptions, onnx_inputs: dict[str, 
     Args:
         onnx_inputs / onnx_outputs: ``{name: numpy dtype name}`` of the ONNX file's tensors.
     """
-
     types = {"float32": "TYPE_FP32", "float16": "TYPE_FP16"}
     missing = [name for name in options.outputs if name not in onnx_outputs]
     if missing:
         raise UsageError(f"outputs {', '.join(missing)} are not in the ONNX file (it has {', '.join(onnx_outputs)})")
-    inputs = [_tensor_block(name, types[dtype], [CHANNELS[name], -1, -1]) for name, dtype in onnx_inputs.items()]
-    outputs = [_tensor_block(name, types[onnx_outputs[name]], [CHANNELS[name], -1, -1]) for name in options.outputs]
-    lines = _common(options, "onnxruntime", inputs, outputs)
+    message = _model_config(options, "onnxruntime", options.kind)
+    for name, dtype in onnx_inputs.items():
+        _add_tensor(message, "input", name, types[dtype], [CHANNELS[name], -1, -1])
+    for name in options.outputs:
+        _add_tensor(message, "output", name, types[onnx_outputs[name]], [CHANNELS[name], -1, -1])
     if options.tensorrt:
-        trt_params = {
+        accelerator = message.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters.update({
             "precision_mode": "FP16" if options.tensorrt_fp16 else "FP32",
             "max_workspace_size_bytes": str(4 << 30),
             "trt_engine_cache_enable": "1",
             "trt_engine_cache_path": options.tensorrt_cache,
-        }
-        params = " ".join(f"parameters {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in trt_params.items())
-        lines.append(f'optimization {{ execution_accelerators {{ gpu_execution_accelerator: [ {{ name: "tensorrt" {params} }} ] }} }}')
-    text = "\n".join(lines) + "\n"
-    validate_config_text(text)
-    return text
+        })
+    return _text(message)
 
 
 def validate_config_text(text: str) -> Any:
@@ -310,21 +303,25 @@ def model_py_source() -> Path:
 
 
 def write_python_repository(
-    repository: str | Path, options: TritonModelOptions, model: str | Path | None = None,
-    checkpoint: str | Path | None = None, model_config: ModelConfig | None = None, copy_model: bool = True,
+    repository: str | Path, options: TritonModelOptions, spec: ModelSpec, copy_model: bool = True,
     python_path: str = "", overwrite: bool = False,
 ) -> Path:
-    """A python-flavour model folder serving ``model`` (an exported file) or ``checkpoint``.
+    """A python-flavour model folder whose instances load ``spec``.
+
+    The model is loaded once here, so a file that cannot load (or a target not usable here)
+    fails now with our message, not in the server log. Instances are GPU instances when the
+    spec's target runs on a GPU.
 
     Args:
         copy_model: copy the model file into ``<name>/1/`` (a self-contained repository);
             False references it by absolute path (``serve``: no copy of a large file).
     """
-
-    if model is None and checkpoint is None and model_config is None:
-        raise UsageError("nothing to serve: pass a model file, a checkpoint, or a model_config for synthetic weights")
-    # Load once here: a file that cannot load fails now with our message, not in the server log.
-    with Predictor.load(model, checkpoint=checkpoint, model_config=model_config) as predictor:
+    target = spec.check()
+    kind = "gpu" if target.device == "cuda" else "cpu"
+    if options.kind != kind and options.kind != "cpu":
+        raise UsageError(f"--triton-device {options.kind} does not match target {target.name} ({target.device}); "
+                         "pick the device with --target")
+    with Predictor.from_spec(spec) as predictor:
         model_type = predictor.model_type
         missing = [name for name in options.outputs if name not in predictor.available_outputs]
         if missing:
@@ -332,21 +329,16 @@ def write_python_repository(
                 f"outputs {', '.join(missing)} are not available from {predictor.source} "
                 f"(it provides {', '.join(predictor.available_outputs)})"
             )
-        config = predictor.model_config
     files: dict[str, Path | str | bytes] = {f"1/{MODEL_PY}": model_py_source()}
-    model_file = ""
-    if model is not None:
-        model = Path(model)
-        if copy_model:
-            model_file = f"model{model.suffix}"
-            files[f"1/{model_file}"] = model
-        else:
-            model_file = str(model.resolve())
-    text = python_config_text(
-        options, model_type, model_file=model_file, checkpoint=str(Path(checkpoint).resolve()) if checkpoint else "",
-        model_config=config if model is None else None, python_path=python_path,
-    )
-    files["config.pbtxt"] = text
+    served = spec.with_paths_resolved()
+    if spec.model is not None and copy_model:
+        model = Path(spec.model)
+        files[f"1/model{model.suffix}"] = model
+        served = dataclasses.replace(served, model=f"model{model.suffix}", config_file=None)
+        metadata = Path(spec.config_file) if spec.config_file is not None else sidecar_config_path(model)
+        if metadata.is_file():  # the copy keeps its metadata for files a tool stripped
+            files[f"1/model{model.suffix}{SIDECAR_SUFFIX}"] = metadata
+    files["config.pbtxt"] = python_config_text(options, model_type, served, kind, python_path=python_path)
     return write_model_dir(repository, options.name, files, overwrite=overwrite)
 
 
@@ -389,10 +381,6 @@ def export_triton(
     Raises:
         UsageError, ExportError, ServeError, MissingExtraError.
     """
-    import dataclasses
-
-
-
     options = options or TritonModelOptions()
     if flavour not in FLAVOURS:
         raise UsageError(f"flavour={flavour!r} is not valid; valid: {', '.join(FLAVOURS)}")
@@ -409,9 +397,16 @@ def export_triton(
     say = progress or (lambda _message: None)
     with tempfile.TemporaryDirectory(prefix="bgm-triton-") as folder:
         onnx_path = Path(folder) / "model.onnx"
-        report = export(model_config, onnx_path, "onnx", onnx=onnx_config, checkpoint=checkpoint, progress=progress)
+
+        def export_progress(message: str) -> None:
+            if folder not in message:  # lines about the temporary export (its sidecar) would name a deleted folder
+                say(message)
+
+        report = export(model_config, onnx_path, "onnx", onnx=onnx_config, checkpoint=checkpoint,
+                        progress=export_progress)
         if flavour == "python":
-            target = write_python_repository(repository, options, model=onnx_path, overwrite=overwrite)
+            spec = ModelSpec(model=str(onnx_path), target="cuda" if options.kind == "gpu" else None)
+            target = write_python_repository(repository, options, spec, overwrite=overwrite)
             verified = "loaded by the tritonserver bundled with PyTriton in the test suite"
         else:
             inputs, outputs = _onnx_io(onnx_path)

@@ -33,10 +33,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from model.config import ModelConfig
+from exporters.paths import check_output_file
 from model.errors import MissingExtraError, ServeError, UsageError
+from model.spec import MAX_SIDE
 
-from .triton_repo import SERVE_EXTRA_HINT, TritonModelOptions, write_python_repository
+from ..model_spec import ModelSpec
+from .guard import GuardServer, Limits
+from .repository import SERVE_EXTRA_HINT, TritonModelOptions, write_python_repository
 
 log = logging.getLogger(__name__)
 
@@ -54,24 +57,24 @@ class ServeConfig:
     """What to serve and how.
 
     Attributes:
-        model: an exported model file (anything :meth:`Predictor.load` reads).
-        checkpoint: a PyTorch checkpoint instead of ``model``.
-        model_config: the model for ``checkpoint`` (or synthetic weights without both).
+        spec: the model and where it runs (:class:`~bgm_deploy.model_spec.ModelSpec`); the
+            Triton model instances load exactly this spec. None with ``repository``.
         options: the Triton model (name, batching, instances, outputs, io dtype, limits).
         host: address the three ports bind to; 127.0.0.1 keeps the server private to this
             machine, ``0.0.0.0`` exposes it.
-        http_port / grpc_port / metrics_port: 0 picks a free port.
+        http_port / grpc_port / metrics_port: 0 picks a free port. The HTTP port is served by
+            the request guard (:mod:`bgm_deploy.serve.guard`), which relays to Triton.
         startup_timeout: seconds to wait for the model to be ready.
         exit_timeout: seconds Triton waits for in-flight requests on shutdown.
-        log_path: keep the server log here (default: a temporary file, shown on failure).
+        log_path: keep the server log here (appended; default: a temporary file, shown on failure).
         repository: serve this existing Triton model repository (e.g. from ``export --format
-            triton --triton-backend python``) instead of ``model``/``checkpoint``; its python
-            models need bgm-deploy importable by the server's Python.
+            triton --triton-backend python``) instead of ``spec``; its python models need
+            bgm-deploy importable by the server's Python.
+        max_restarts: times ``serve`` restarts a server that died on its own within
+            ``restart_window`` seconds before giving up (exit 1).
     """
 
-    model: str | Path | None = None
-    checkpoint: str | Path | None = None
-    model_config: ModelConfig | None = None
+    spec: ModelSpec | None = None
     options: TritonModelOptions = field(default_factory=TritonModelOptions)
     host: str = LOOPBACK
     http_port: int = DEFAULT_PORTS["http"]
@@ -81,30 +84,45 @@ class ServeConfig:
     exit_timeout: int = 10
     log_path: str | Path | None = None
     repository: str | Path | None = None
+    max_restarts: int = 3
+    restart_window: float = 300.0
 
     def __post_init__(self) -> None:
         if self.repository is not None:
-            if self.model is not None or self.checkpoint is not None:
-                raise UsageError("pass either a model repository or MODEL/--checkpoint, not both")
-            if not Path(self.repository).is_dir():
-                raise UsageError(f"repository {self.repository} is not a folder (give a Triton model repository)")
-        elif self.model is None and self.checkpoint is None and self.model_config is None:
-            raise UsageError("nothing to serve: pass MODEL (an exported file) or --checkpoint")
-        if self.model is not None and self.checkpoint is not None:
-            raise UsageError("pass either MODEL or --checkpoint, not both")
-        if self.model is not None and not Path(self.model).is_file():
-            raise UsageError(f"model {self.model} does not exist (give an exported .onnx/.pt/.engine file)")
-        if self.checkpoint is not None and not Path(self.checkpoint).is_file():
-            raise UsageError(f"checkpoint {self.checkpoint} does not exist")
-        ports = {"http_port": self.http_port, "grpc_port": self.grpc_port, "metrics_port": self.metrics_port}
+            if self.spec is not None:
+                raise UsageError("pass either a model repository (--repository) or a model (MODEL/--checkpoint), not both")
+            repository = Path(self.repository)
+            if not repository.is_dir():
+                raise UsageError(f"--repository {repository} is not a folder (give a Triton model repository)")
+            models = [p for p in repository.iterdir() if p.is_dir() and (p / "config.pbtxt").is_file()]
+            if not models:
+                raise UsageError(f"--repository {repository} holds no model (no <name>/config.pbtxt); write one with "
+                                 "bgm-deploy export --format triton --triton-backend python -o "
+                                 f"{repository}")
+        elif self.spec is None:
+            raise UsageError("nothing to serve: pass MODEL (an exported file), --checkpoint, or --repository")
+        ports = {"--http-port": self.http_port, "--grpc-port": self.grpc_port, "--metrics-port": self.metrics_port}
         for name, port in ports.items():
             if not 0 <= port <= 65535:
-                raise UsageError(f"{name}={port} is not valid; use 1..65535, or 0 for a free port")
+                raise UsageError(f"{name} {port} is not valid; use 1..65535, or 0 for a free port")
         used = [port for port in ports.values() if port]
         if len(set(used)) != len(used):
             raise UsageError(f"the HTTP, gRPC and metrics ports must differ, got {ports}")
-        if self.startup_timeout <= 0 or self.exit_timeout < 0:
-            raise UsageError("startup_timeout must be > 0 and exit_timeout >= 0")
+        if self.startup_timeout <= 0 or self.exit_timeout < 0 or self.max_restarts < 0:
+            raise UsageError("startup_timeout must be > 0, exit_timeout and max_restarts >= 0")
+
+    def check_paths(self) -> None:
+        """The log may not replace an input and must be writable (before anything starts)."""
+        if self.log_path is None:
+            return
+        inputs: list[tuple[str, str | Path | None]] = [("--repository", self.repository)]
+        if self.spec is not None:
+            inputs += [("MODEL", self.spec.model), ("--checkpoint", self.spec.checkpoint),
+                       ("--config", self.spec.config_file)]
+        for label, path in inputs:
+            if path is not None and Path(path).is_dir() and Path(path).resolve() in Path(self.log_path).resolve().parents:
+                raise UsageError(f"--log {self.log_path} is inside {label} {path}; write it elsewhere")
+        check_output_file(self.log_path, "--log", inputs=inputs)
 
 
 @dataclass(frozen=True)
@@ -153,6 +171,8 @@ def free_port(host: str = LOOPBACK) -> int:
 
 def _check_port(host: str, port: int, option: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the servers themselves bind: a port in TIME_WAIT after a clean stop is free.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -177,7 +197,7 @@ def server_environment(dist: TritonDist, base: dict[str, str] | None = None) -> 
     env["LD_LIBRARY_PATH"] = ":".join(part for part in parts if part)
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     # Python-backend models import the bgm-deploy this process runs (a checkout works too).
-    root = str(Path(__file__).resolve().parents[1])
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = ":".join(part for part in (root, env.get("PYTHONPATH", "")) if part)
     return env
 
@@ -211,6 +231,10 @@ class TritonServer:
         self.ports: dict[str, int] = {}
         self.last_pid: int | None = None  # the server process of the last start (also after stop)
         self.last_log = ""
+        self._guard: GuardServer | None = None
+        self._guard_thread: threading.Thread | None = None
+        self._dist: TritonDist | None = None
+        self._repository: Path | None = None
 
     # -- addresses -------------------------------------------------------------------------
     @property
@@ -243,43 +267,78 @@ class TritonServer:
         """
         if self._process is not None:
             raise ServeError("this server is already started")
-        dist = find_triton()
         config = self.config
+        config.check_paths()
+        self._dist = find_triton()
         wanted = {"http": config.http_port, "grpc": config.grpc_port, "metrics": config.metrics_port}
         for kind, port in wanted.items():
             if port:
                 _check_port(config.host, port, f"--{kind}-port")
-        self.ports = {kind: port or free_port(config.host) for kind, port in wanted.items()}
         self._workdir = tempfile.TemporaryDirectory(prefix="bgm-serve-")
         try:
-            self._launch(dist, Path(self._workdir.name))
+            # The guard owns the public HTTP port from now on; Triton's HTTP is private.
+            self._start_guard(config.http_port)
+            self.ports = {"http": self._guard.port if self._guard else 0, "triton_http": free_port(LOOPBACK),
+                          "grpc": config.grpc_port or free_port(config.host),
+                          "metrics": config.metrics_port or free_port(config.host)}
+            self._prepare(Path(self._workdir.name))
+            self._launch()
             self._wait_ready()
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _launch(self, dist: TritonDist, workdir: Path) -> None:
-        config = self.config
+    def restart(self) -> None:
+        """Starts tritonserver again on the same ports and repository (after it died)."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+        self._launch()
+        self._wait_ready()
+
+    def _start_guard(self, port: int) -> None:
+        options = self.config.options
+        pixels = options.max_pixels or MAX_SIDE * MAX_SIDE
+        batch = options.max_batch_size if self.config.repository is None else 64
+        itemsize = 4 if options.io_dtype == "float32" or self.config.repository is not None else 1
+        # Two images per request (src, bgr), plus room for the JSON header.
+        limits = Limits(max_batch=batch, max_pixels=options.max_pixels, max_body=2 * batch * pixels * 3 * itemsize + (1 << 20))
+        self._guard = GuardServer(self.config.host, port, 0, limits)
+        self._guard_thread = threading.Thread(target=self._guard.serve_forever, name="bgm-serve-guard", daemon=True)
+        self._guard_thread.start()
+
+    def _prepare(self, workdir: Path) -> None:
+        """The model repository and the backend folder, once per server (restarts reuse them)."""
+        config, dist = self.config, self._dist
+        assert dist is not None
         repository = Path(config.repository).resolve() if config.repository is not None else workdir / "models"
         if config.repository is None:
+            assert config.spec is not None
             self._say("preparing the model repository (loading the model once to check it) ...")
-            python_path = str(Path(__file__).resolve().parents[1])  # the bgm-deploy this process runs
-            write_python_repository(
-                repository, config.options, model=config.model, checkpoint=config.checkpoint,
-                model_config=config.model_config, copy_model=False, python_path=python_path,
-            )
+            python_path = str(Path(__file__).resolve().parents[2])  # the bgm-deploy this process runs
+            write_python_repository(repository, config.options, config.spec, copy_model=False, python_path=python_path)
+        self._repository = repository
         backend = workdir / "backends" / "python"
         backend.mkdir(parents=True)
         for source in (dist.python_backend / "libtriton_python.so", dist.python_backend / "triton_python_backend_utils.py", dist.stub):
             (backend / source.name).symlink_to(source)
         self.log_path = Path(config.log_path) if config.log_path else workdir / "tritonserver.log"
+
+    def _launch(self) -> None:
+        config, dist = self.config, self._dist
+        assert dist is not None and self._workdir is not None and self.log_path is not None
+        workdir = Path(self._workdir.name)
         host, ports = config.host, self.ports
+        if self._guard is not None:
+            self._guard.upstream_port = ports["triton_http"]
         command = [
             str(dist.server),
-            f"--model-repository={repository}",
+            f"--model-repository={self._repository}",
             f"--backend-directory={workdir / 'backends'}",
-            f"--http-address={host}", f"--http-port={ports['http']}",
+            f"--http-address={LOOPBACK}", f"--http-port={ports['triton_http']}",
             f"--grpc-address={host}", f"--grpc-port={ports['grpc']}",
             f"--metrics-address={host}", f"--metrics-port={ports['metrics']}",
             "--allow-metrics=true", "--allow-gpu-metrics=false", "--allow-cpu-metrics=true",
@@ -291,7 +350,8 @@ class TritonServer:
             # Unique shared-memory names: several servers (or test runs) on one host must not collide.
             f"--backend-config=python,shm-region-prefix-name=bgm{os.getpid()}_{ports['http']}_",
         ]
-        self._say(f"starting tritonserver (HTTP {ports['http']}, gRPC {ports['grpc']}, metrics {ports['metrics']} on {host})")
+        self._say(f"starting tritonserver (HTTP {ports['http']} through the request guard, gRPC {ports['grpc']}, "
+                  f"metrics {ports['metrics']} on {host})")
         with open(self.log_path, "ab") as log_file:
             self._process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
@@ -345,6 +405,12 @@ class TritonServer:
                 os.killpg(process.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=5)
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            guard.shutdown()
+            guard.server_close()
+            if self._guard_thread is not None:
+                self._guard_thread.join(timeout=5)
         if self._workdir is not None:
             if self.config.log_path is None and self.log_path is not None and self.log_path.exists():
                 self.last_log = self.log_path.read_text(errors="replace")
@@ -402,6 +468,11 @@ def _stop_on_signals() -> Iterator[threading.Event]:
 def serve(config: ServeConfig, progress: Progress | None = None, ready: Callable[[TritonServer], None] | None = None) -> int:
     """Serves until SIGINT/SIGTERM, then shuts down gracefully.
 
+    A server that dies on its own (a crash, the OOM killer) is restarted on the same ports,
+    with one line saying why, up to ``config.max_restarts`` times within
+    ``config.restart_window`` seconds; one more death in that window ends ``serve`` with a
+    :class:`ServeError` (exit 1), so a server that cannot stay up does not restart forever.
+
     Args:
         config: see :class:`ServeConfig`.
         progress: called with one line per stage.
@@ -411,16 +482,26 @@ def serve(config: ServeConfig, progress: Progress | None = None, ready: Callable
         0 after a requested shutdown.
 
     Raises:
-        ServeError: the server could not start or exited on its own (with the log's reason).
+        ServeError: the server could not start, or died more often than the restart rule allows.
         MissingExtraError: PyTriton/tritonclient are not installed.
     """
     say = progress or (lambda _message: None)
+    deaths: list[float] = []
     with _stop_on_signals() as stop, TritonServer(config, progress) as server:
         if ready is not None:
             ready(server)
-        server.wait(stop)
-        if not stop.is_set():
-            raise ServeError(f"tritonserver stopped on its own: {server._failure_reason()}")
+        while True:
+            code = server.wait(stop)
+            if stop.is_set():
+                break
+            now = time.monotonic()
+            deaths = [t for t in deaths if now - t < config.restart_window] + [now]
+            reason = server._failure_reason()
+            if len(deaths) > config.max_restarts:
+                raise ServeError(f"tritonserver died {len(deaths)} times within {config.restart_window:.0f} s "
+                                 f"(last exit code {code}): {reason}")
+            say(f"tritonserver died (exit code {code}): {reason}; restarting ({len(deaths)}/{config.max_restarts})")
+            server.restart()
         say("shutting down (finishing in-flight requests) ...")
     say("stopped")
     return 0

@@ -1,9 +1,11 @@
 """The Triton Python-backend model that serves a bgm-deploy :class:`~bgm_deploy.predictor.Predictor`.
 
 This file is copied as ``<repository>/<name>/1/model.py`` by
-:func:`bgm_deploy.triton_repo.write_python_repository`; Triton's Python backend stub imports
+:func:`bgm_deploy.serve.repository.write_python_repository`; Triton's Python backend stub imports
 it in its own process, one process per model instance. Everything it needs comes from the
-``parameters`` of ``config.pbtxt`` (see ``PARAMETERS`` in ``triton_repo.py``).
+``parameters`` of ``config.pbtxt`` (written by :func:`bgm_deploy.serve.repository.python_config_text`):
+``model_spec`` (a :class:`~bgm_deploy.model_spec.ModelSpec` as JSON), ``io_dtype``, ``max_pixels``,
+``pad`` and ``python_path``.
 
 Tensors (per request, with the batch axis in front):
 
@@ -18,6 +20,7 @@ the server are unaffected.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -69,27 +72,16 @@ class TritonPythonModel:
             # `serve` points the stub at the bgm-deploy it runs itself (a checkout, a venv).
             sys.path.insert(0, params["python_path"])
         # deferred: bgm_deploy is importable in the stub only once python_path is on sys.path
-        from bgm_deploy.config import ModelConfig
+        from bgm_deploy.model_spec import ModelSpec
         from bgm_deploy.predictor import _MULTIPLE, Predictor
 
-        version_dir = Path(args["model_repository"]) / args["model_version"]
-
-        def resolve(value: str) -> str | None:
-            if not value:
-                return None
-            path = Path(value)
-            return str(path if path.is_absolute() else version_dir / path)
-
-        threads = int(params["threads"]) if params.get("threads") else None
-        model_config = ModelConfig.from_json(params["model_config"]) if params.get("model_config") else None
-        model_file = resolve(params.get("model_file", ""))
-        self.predictor = Predictor.load(
-            model_file,
-            checkpoint=resolve(params.get("checkpoint", "")),
-            model_config=model_config,
-            padding=params.get("padding", "replicate"),
-            threads=threads,
-        )
+        # The spec `serve`/`export --format triton` wrote: the same model on the same target
+        # (a GPU target for GPU instances); a relative model path is in the version folder.
+        spec = ModelSpec.from_json(params["model_spec"])
+        if spec.model is not None and not Path(spec.model).is_absolute():
+            version_dir = Path(args["model_repository"]) / args["model_version"]
+            spec = dataclasses.replace(spec, model=str(version_dir / spec.model))
+        self.predictor = Predictor.from_spec(spec)
         self.outputs = tuple(item["name"] for item in config["output"])
         self.io_dtype = np.dtype(params.get("io_dtype", "uint8"))
         self.max_pixels = int(params.get("max_pixels", "0")) or None

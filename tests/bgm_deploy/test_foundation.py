@@ -150,7 +150,7 @@ def test_cli_version_help_info() -> None:
         assert command in result.output
     result = runner.invoke(cli, ["info", "--json"])
     data = json.loads(result.output)
-    assert {"torch", "onnx", "onnxruntime", "onnxruntime_providers", "tensorrt", "device"} <= set(data)
+    assert {"torch", "onnx", "onnxruntime", "onnxruntime_providers_compiled_in", "tensorrt", "device"} <= set(data)
     result = runner.invoke(cli, ["info"])
     assert "onnxruntime" in result.output and "device" in result.output
 

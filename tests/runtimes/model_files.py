@@ -38,6 +38,6 @@ def model_file(kind: str, root: Path) -> Path:
         config, fmt, suffix = _KINDS[kind]
         root.mkdir(parents=True, exist_ok=True)
         path = root / f"test_{kind}{suffix}"
-        export(config, path, format=fmt)
+        export(config, path, format=fmt, overwrite=True)  # a file of an earlier session is made again
         _CACHE[kind] = path
     return _CACHE[kind]

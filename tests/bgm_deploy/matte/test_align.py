@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 pytest.importorskip("cv2", reason='alignment needs OpenCV: pip install "bgm-deploy[align]"')
 
-from bgm_deploy.align import AlignConfig, align_background  # noqa: E402
+from bgm_deploy.matte.align import AlignConfig, align_background  # noqa: E402
 from bgm_deploy.images import load_image  # noqa: E402
 
 SHIFTED, ALIGNED = "astronaut_rocket_1920x1080_shifted", "astronaut_coffee_640x480"
@@ -54,7 +54,7 @@ def test_aligned_pair_is_left_alone_and_nonsense_is_rejected(pairs_dir: Path) ->
 
 
 def test_matte_align_reports_per_pair(tmp_path: Path, pairs_dir: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent / "runtimes"))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "runtimes"))
     import model_files
 
     from bgm_deploy.cli import cli
@@ -66,6 +66,6 @@ def test_matte_align_reports_per_pair(tmp_path: Path, pairs_dir: Path) -> None:
                                       str(tmp_path / "out"), "--model", str(model), "--align", "--resize", "960x540",
                                       "--outputs", "pha", "--report", str(report)])
     assert result.exit_code == 0, result.output
-    align = json.loads(report.read_text())["pairs"][0]["align"]
+    align = json.loads(report.read_text())["items"][0]["align"]
     assert align["status"] == "applied" and align["inliers"] >= 100 and len(align["homography"]) == 3
     assert "align applied" in result.output

@@ -1,4 +1,4 @@
-"""Video matting (``bgm_deploy.video``, ``bgm-deploy matte`` on footage) on clips made from
+"""Video matting (``bgm_deploy.matte`` on footage, ``bgm-deploy matte`` on footage) on clips made from
 the bundled real photo pairs by ``benchmarks/make_video_clips.py``."""
 
 from __future__ import annotations
@@ -19,17 +19,28 @@ from PIL import Image
 
 av = pytest.importorskip("av")
 
-sys.path.insert(0, str(Path(__file__).parent / "runtimes"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "runtimes"))
 import model_files  # noqa: E402
 
 from benchmarks.make_video_clips import ClipSpec, make_clip, render_frames, write_clip  # noqa: E402
 from bgm_deploy.cli import cli  # noqa: E402
 from bgm_deploy.images import to_uint8  # noqa: E402
 from bgm_deploy.predictor import Predictor  # noqa: E402
-from bgm_deploy.video import VideoOptions, iter_mattes, matte_video, parse_formats  # noqa: E402
+from bgm_deploy.matte import MatteOptions, MatteReport, iter_mattes, matte, parse_formats  # noqa: E402
+from bgm_deploy.matte.footage import MANIFEST, is_video_job  # noqa: E402
 from model.errors import RuntimeUnavailableError, UsageError, VideoError  # noqa: E402
 
 FRAMES = 16
+VideoOptions = MatteOptions
+
+
+def matte_video(src: Any, bgr: Any, out: Any, predictor: Any = None, options: MatteOptions | None = None,
+                report_path: Path | None = None, **model: Any) -> MatteReport:
+    """The footage job with a loaded predictor (or a model spec's fields)."""
+    from bgm_deploy.model_spec import spec_for_config
+
+    chosen = predictor if predictor is not None else spec_for_config(model.get("model_config"))
+    return matte(src, bgr, out, chosen, options, report_path=report_path)
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +75,8 @@ def times(path: Path) -> list[fractions.Fraction]:
 
 
 def leftovers(folder: Path) -> list[str]:
-    return sorted(p.name for p in folder.rglob("*") if p.name.startswith(".") or p.suffix == ".part")
+    return sorted(p.name for p in folder.rglob("*") if (p.name.startswith(".") and p.name != MANIFEST)
+                  or p.suffix == ".part")
 
 
 class CountingPredictor:
@@ -93,9 +105,11 @@ def test_lossless_outputs_equal_the_predictor_frame_by_frame(clips: dict[str, An
     out = tmp_path / "out"
     options = VideoOptions(outputs=("pha", "fgr", "rgba"), formats={"pha": "png", "fgr": "ffv1", "rgba": "ffv1"})
     report = matte_video(clips["cfr"], clips["plate"], out, predictor=predictor, options=options)
-    assert (report.frames_in, report.frames_matted, report.dropped) == (FRAMES, FRAMES, 0)
-    assert report.frames_out == {"pha": FRAMES, "fgr": FRAMES, "rgba": FRAMES}
-    assert sorted(p.name for p in out.iterdir()) == ["fgr.mkv", "pha", "rgba.mkv"] and not leftovers(out)
+    assert (report.counts["read"], report.counts["matted"], report.counts["written"]) == (FRAMES, FRAMES, FRAMES)
+    assert sorted(p.name for p in out.iterdir()) == [MANIFEST, "fgr.mkv", "pha", "rgba.mkv"] and not leftovers(out)
+    state = json.loads((out / MANIFEST).read_text())["outputs"]
+    assert {kind: (s["frames"], s["complete"]) for kind, s in state.items()} == {
+        "pha": (FRAMES, True), "fgr": (FRAMES, True), "rgba": (FRAMES, True)}
 
     plate = clips["plate_array"]
     fgr_frames = [f.to_ndarray(format="rgb24") for f in decode(out / "fgr.mkv")]
@@ -140,7 +154,7 @@ def test_video_outputs_keep_timestamps_audio_size_and_count(clips: dict[str, Any
     assert np.abs(com.astype(int) - fgr).mean() > 10
 
     data = json.loads((tmp_path / "report.json").read_text())
-    assert data["schema_version"] == 1 and data["dropped"] == 0 and data["frames_in"] == FRAMES
+    assert data["schema_version"] == 2 and data["counts"]["read"] == FRAMES and data["partial"] is False
     assert data["source"]["audio"] is True and data["formats"]["rgba"] == "prores"
     assert set(data["stages"]["encode"]) == {"pha", "fgr", "com", "rgba"} and data["stages"]["infer"] > 0
 
@@ -169,7 +183,7 @@ def test_image_sequence_source_and_background_video(clips: dict[str, Any], predi
     report = matte_video(folder, bgr_video, tmp_path / "out", predictor=predictor, options=options)
     assert sorted(p.name for p in (tmp_path / "out" / "pha").iterdir()) == sorted(
         f"frame_{i * 2}.png" for i in range(1, 7))
-    assert report.frames_out == {"pha": 6, "com": 6}
+    assert report.counts["written"] == 6
     with av.open(str(tmp_path / "out" / "com.mp4")) as container:
         assert container.streams.video[0].average_rate == 25
     # The first frame of the sequence is frame_2, not frame_10.
@@ -189,7 +203,7 @@ def test_resume_a_png_sequence(clips: dict[str, Any], predictor: Predictor, tmp_
     counting = CountingPredictor(predictor)
     report = matte_video(clips["cfr"], clips["plate"], tmp_path, predictor=counting,  # type: ignore[arg-type]
                          options=VideoOptions(outputs=("pha", "rgba"), formats={"pha": "png"}, skip_existing=True))
-    assert counting.frames == 2 and report.frames_skipped == FRAMES - 2 and report.dropped == 0
+    assert counting.frames == 2 and report.counts["skipped"] == FRAMES - 2 and report.counts["matted"] == 2
     assert {p.name: p.read_bytes() for p in (tmp_path / "pha").iterdir()} == finished
     assert len(list((tmp_path / "rgba").iterdir())) == FRAMES
 
@@ -199,7 +213,8 @@ def test_an_interrupted_run_leaves_no_video(clips: dict[str, Any], predictor: Pr
     with pytest.raises(KeyboardInterrupt):
         matte_video(clips["vfr"], clips["plate"], tmp_path, predictor=failing,  # type: ignore[arg-type]
                     options=VideoOptions(outputs=("pha", "fgr"), formats={"fgr": "png"}, batch=2))
-    assert [p.name for p in tmp_path.iterdir()] == ["fgr"] and not leftovers(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST, "fgr"] and not leftovers(tmp_path)
+    assert json.loads((tmp_path / MANIFEST).read_text())["outputs"]["fgr"]["complete"] is False
     assert 0 < len(list((tmp_path / "fgr").iterdir())) < FRAMES  # whole PNG frames, to resume from
 
 
@@ -242,9 +257,9 @@ def test_cli_on_a_clip_with_report(clips: dict[str, Any], onnx_model: Path, tmp_
                         str(onnx_model), "--outputs", "pha,com", "--format", "pha=ffv1", "--backdrop", "#0000ff",
                         "--batch", "2", "--report", str(tmp_path / "r.json"))
     assert code == 0, output
-    assert f"{FRAMES} frames matted" in output and sorted(p.name for p in out.iterdir()) == ["com.mp4", "pha.mkv"]
+    assert f"{FRAMES} frames matted" in output and sorted(p.name for p in out.iterdir()) == [MANIFEST, "com.mp4", "pha.mkv"]
     report = json.loads((tmp_path / "r.json").read_text())
-    assert report["frames_out"] == {"pha": FRAMES, "com": FRAMES} and report["dropped"] == 0
+    assert report["counts"]["written"] == FRAMES and report["counts"]["lost"] == 0
     assert report["options"]["backdrop"] == "#0000ff" and report["options"]["batch"] == 2
     code, output = _cli("--src", str(clips["vfr"]), "--bgr", str(clips["plate"]), "-o", str(out), "--model",
                         str(onnx_model), "--outputs", "pha,com", "--format", "pha=ffv1")
@@ -287,7 +302,7 @@ def bad_inputs(clips: dict[str, Any], tmp_path_factory: pytest.TempPathFactory) 
         ("cfr", "short", (), 2, "has 5 frames but the source 16"),
         ("cfr", "plate", ("--format", "h264-nvenc"), 2, "h264_nvenc encoder cannot be opened here"),
         ("cfr", "plate", ("--format", "rgba=h264", "--outputs", "rgba"), 2, "cannot store alpha"),
-        ("cfr", "plate", ("--format", "hevc"), 2, "format pha=hevc, fgr=hevc is not valid; valid: h264"),
+        ("cfr", "plate", ("--format", "hevc"), 2, "--format pha=hevc, fgr=hevc is not valid; photos: png, jpg; video: h264"),
     ],
 )
 def test_bad_inputs_give_one_line_and_no_output(case: str, bgr: str, extra: tuple[str, ...], code: int, message: str,
@@ -295,7 +310,7 @@ def test_bad_inputs_give_one_line_and_no_output(case: str, bgr: str, extra: tupl
                                                 onnx_model: Path, tmp_path: Path) -> None:
     if case == "cfr" and "h264-nvenc" in extra:
         try:
-            from bgm_deploy.video_io import check_format
+            from bgm_deploy.matte.video_io import check_format
 
             check_format("pha", "h264-nvenc", "gray", (320, 240))
             pytest.skip("NVENC works on this machine")
@@ -338,9 +353,9 @@ def test_live_source_that_stops_mid_run(clips: dict[str, Any], predictor: Predic
     report = matte_video(url, clips["plate"], tmp_path / "out", predictor=predictor,
                          options=VideoOptions(outputs=("pha",), src_format="mpegts"))
     server.join(5)
-    assert report.source["kind"] == "live" and 0 < report.frames_in < FRAMES and report.dropped == 0
-    assert report.live_stopped and any("live source" in w for w in report.warnings)
-    assert len(decode(tmp_path / "out" / "pha.mp4")) == report.frames_in
+    assert report.source["kind"] == "live" and 0 < report.counts["read"] < FRAMES
+    assert report.counts["matted"] == report.counts["read"] and any("live source" in w for w in report.warnings)
+    assert len(decode(tmp_path / "out" / "pha.mp4")) == report.counts["read"]
     assert float(times(tmp_path / "out" / "pha.mp4")[0]) == 0.0
 
     url, server = _serve_once(b"")  # a source that sends nothing: an error, no output
@@ -355,8 +370,8 @@ def test_option_checks() -> None:
     assert parse_formats("png", ("pha", "fgr")) == {"pha": "png", "fgr": "png"}
     with pytest.raises(UsageError, match="KIND=FORMAT"):
         parse_formats("alpha=png")
-    for bad in ({"outputs": ("pha", "com2")}, {"formats": {"com": "png"}}, {"crf": 60}, {"align": "always"},
-                {"overwrite": True, "skip_existing": True}):
+    for bad in ({"outputs": ("pha", "com2")}, {"formats": {"com": "png"}}, {"crf": 60}, {"align_mode": "always"},
+                {"overwrite": True, "skip_existing": True}, {"preset": "bogus"}, {"backdrop": "#ffffff"}):
         with pytest.raises(UsageError):
             VideoOptions(**bad)  # type: ignore[arg-type]
 
@@ -364,7 +379,8 @@ def test_option_checks() -> None:
 def test_without_pyav_one_line_names_the_extra(monkeypatch: pytest.MonkeyPatch, clips: dict[str, Any]) -> None:
     monkeypatch.setitem(sys.modules, "av", None)
     with pytest.raises(RuntimeUnavailableError, match=r'pip install "bgm-deploy\[video\]"'):
-        matte_video(clips["cfr"], clips["plate"], "unused", model_config=model_files.TEST_CONFIG)
+        matte_video(clips["cfr"], clips["plate"], "unused", model_config=model_files.TEST_CONFIG,
+                    options=MatteOptions(outputs=("pha",)))
     assert not Path("unused").exists()
 
 
@@ -372,31 +388,35 @@ def test_align_once_per_clip_or_every_frame(clips: dict[str, Any], predictor: Pr
     pytest.importorskip("cv2")
     for mode, fits in (("clip", 1), ("frame", 4)):
         report = matte_video(clips["cfr"], clips["plate"], tmp_path / mode, predictor=predictor,
-                             options=VideoOptions(outputs=("pha",), formats={"pha": "png"}, align=mode, max_frames=4))
-        assert report.frames_matted == 4 and len(report.options["align_results"]) == fits
+                             options=VideoOptions(outputs=("pha",), formats={"pha": "png"}, align=True, align_mode=mode,
+                                                  max_frames=4))
+        assert report.counts["matted"] == 4 and len(report.options["align_results"]) == fits
         assert all("applied" in result for result in report.options["align_results"])
 
 
 def test_progress_bar_on_a_terminal_and_log_lines_otherwise() -> None:
-    from bgm_deploy.video import VideoProgress, VideoProgressPrinter
+    import io
 
-    lines: list[tuple[str, dict[str, Any]]] = []
-    bar = VideoProgressPrinter(lambda text="", **kw: lines.append((text, kw)), tty=True)
-    bar(VideoProgress(5, 10, 2.0))
-    bar(VideoProgress(10, 10, 4.0))
-    assert lines[0][0].startswith("\r[###############") and "5/10 frames 2.50 fps ETA 00:02" in lines[0][0]
-    assert lines[-1] == ("", {"err": True})  # the finished bar ends its line
-    lines.clear()
-    log = VideoProgressPrinter(lambda text="", **kw: lines.append((text, kw)), tty=False, every=5.0)
-    for second in range(1, 12):
-        log(VideoProgress(second, None, float(second)))  # live: no total, no ETA
-    assert [text for text, _ in lines] == ["1 frames 1.00 fps ETA --:--", "6 frames 1.00 fps ETA --:--",
-                                           "11 frames 1.00 fps ETA --:--"]
+    from bgm_deploy.progress import JobProgress
+
+    terminal = io.StringIO()
+    bar = JobProgress("frames", stream=terminal, tty=True, refresh=0)
+    bar(5, 10)
+    bar(10, 10)
+    bar.close()
+    assert "5/10" in terminal.getvalue() and "10/10" in terminal.getvalue()  # tqdm's bar
+    log = io.StringIO()
+    lines = JobProgress("frames", stream=log, tty=False, every=5.0)
+    lines.started -= 100  # as if 100 s had passed: a steady 0.05-0.11 fps
+    for frame in range(1, 12):
+        lines(frame, None)  # live: no total, no ETA
+    assert log.getvalue().splitlines() == ["1 frames 0.01 fps ETA --:--"]  # at most one line per 5 s
+    failure = io.StringIO()
+    JobProgress("img", stream=failure, tty=False, quiet=True)(1, 2, None, "failed", "bad file")
+    assert failure.getvalue() == "FAILED: : bad file\n"  # failures print even when quiet
 
 
 def test_which_jobs_are_video_jobs(tmp_path: Path) -> None:
-    from bgm_deploy.video import is_video_job
-
     assert is_video_job("clip.MOV") and is_video_job("rtsp://cam/stream") and is_video_job("/dev/video0")
     assert is_video_job("frames/", sequence=True) and is_video_job("0", src_format="v4l2")
     assert is_video_job("photo.jpg", "plate.mp4")  # a background video makes it footage

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent / "runtimes"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "runtimes"))
 import model_files  # noqa: E402
 
 from bgm_deploy.cli import cli  # noqa: E402
@@ -22,7 +22,7 @@ from bgm_deploy.matte import MatteOptions, find_pairs, matte  # noqa: E402
 from model.errors import ImageError, UsageError  # noqa: E402
 
 COFFEE, CAT, ROCKET = "astronaut_coffee_640x480", "cat_rocket_1001x667", "astronaut_rocket_1920x1080_shifted"
-MODES = {"pha": "L", "fgr": "RGB", "com": "RGBA", "err": "L", "ref": "L"}
+MODES = {"pha": "L", "fgr": "RGB", "com": "RGB", "rgba": "RGBA", "err": "L", "ref": "L"}
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +57,7 @@ def _run(*args: str) -> tuple[int, str]:
 def test_matte_a_tree_of_real_pairs(tree: Path, onnx_model: Path, pairs_dir: Path) -> None:
     out, report_path = tree / "out", tree / "report.json"
     base = ["--src", str(tree / "src"), "--bgr", str(tree / "bgr"), "-o", str(out), "--model", str(onnx_model)]
-    code, output = _run(*base, "--outputs", "pha,fgr,com,err,ref", "--report", str(report_path))
+    code, output = _run(*base, "--outputs", "pha,fgr,com,rgba,err,ref", "--report", str(report_path))
     assert code == 1, output  # one corrupt file and one unmatched source
     assert "FAILED" in output and "broken.jpg" in output and "UNMATCHED" in output and "lonely.jpg" in output
     assert "3 matted, 0 skipped (existing), 1 failed, 1 without background" in output
@@ -71,12 +71,12 @@ def test_matte_a_tree_of_real_pairs(tree: Path, onnx_model: Path, pairs_dir: Pat
     assert written == sorted(f"{kind}/{name}.png" for kind in MODES for name in sizes)  # no partial/temp files
 
     report = json.loads(report_path.read_text())
-    assert report["schema_version"] == 1 and report["ok"] is False
+    assert report["schema_version"] == 2 and report["ok"] is False and report["source"]["kind"] == "photos"
     assert report["counts"] == {"ok": 3, "skipped": 0, "failed": 1, "unmatched": 1}
     assert report["model"]["provider"] == "CPUExecutionProvider" and report["model"]["weights"] == "synthetic (seed 0)"
     assert report["unmatched_backgrounds"] == [str(tree / "bgr" / "unused.jpg")]
     assert report["ignored_files"] == [str(tree / "src" / "notes.txt")]
-    failed = next(p for p in report["pairs"] if p["status"] == "failed")
+    failed = next(p for p in report["items"] if p["status"] == "failed")
     assert failed["src"].endswith("broken.jpg")
     assert "cannot decode" in failed["error"] or "not a readable image" in failed["error"]
 
@@ -90,7 +90,7 @@ def test_matte_a_tree_of_real_pairs(tree: Path, onnx_model: Path, pairs_dir: Pat
     code, output = _run(*base, "--skip-existing", "--report", str(report_path))
     report = json.loads(report_path.read_text())
     assert code == 1 and report["counts"] == {"ok": 1, "skipped": 2, "failed": 1, "unmatched": 1}
-    assert next(p for p in report["pairs"] if p["status"] == "ok")["src"].endswith("outdoor/shot.jpg")
+    assert next(p for p in report["items"] if p["status"] == "ok")["src"].endswith("outdoor/shot.jpg")
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
     assert (out / "pha" / "outdoor" / "shot.png").exists()
     code, _ = _run(*base, "--overwrite", "--skip-existing")
@@ -109,11 +109,11 @@ def test_one_background_for_all_sources_and_the_python_api(tmp_path: Path, onnx_
     events = []
     report = matte(
         src, pairs_dir / COFFEE / "bgr.jpg", tmp_path / "out", model=onnx_model,
-        options=MatteOptions(outputs=("pha", "fgr"), fgr_format="jpg", workers=1),
-        progress=lambda result, done, total: events.append((result.status, done, total)),
+        options=MatteOptions(outputs=("pha", "fgr"), formats={"fgr": "jpg"}, workers=1),
+        progress=lambda done, total, unit, outcome, error: events.append((outcome, done, total)),
     )
     assert report.ok and report.count("ok") == 5
-    assert [e[1:] for e in events] == [(i, 5) for i in range(1, 6)]
+    assert events == [("ok", i, 5) for i in range(1, 6)]
     names = sorted(p.name for p in (tmp_path / "out" / "fgr").iterdir())
     assert names == ["a_jpg.jpg", "a_png.jpg", "alpha.jpg", "cmyk.jpg", "gray.jpg"]
     pha = {p.stem: np.asarray(Image.open(p)) for p in (tmp_path / "out" / "pha").iterdir()}
@@ -142,7 +142,7 @@ def test_usage_errors(tmp_path: Path, onnx_model: Path, pairs_dir: Path, monkeyp
     assert code == 2 and "no model to matte with" in output
     code, output = _run("--src", str(pairs_dir / COFFEE / "src.jpg"), "--bgr", str(pairs_dir / COFFEE / "bgr.jpg"),
                         "-o", str(tmp_path / "o"), "--model", str(onnx_model), "--outputs", "pha,alpha")
-    assert code == 2 and "choose distinct names from pha, fgr, com, err, ref" in output
+    assert code == 2 and "choose distinct names from pha, fgr, com, rgba, err, ref" in output
     monkeypatch.setitem(sys.modules, "cv2", None)  # as if OpenCV were not installed
     code, output = _run("--src", str(pairs_dir / COFFEE / "src.jpg"), "--bgr", str(pairs_dir / COFFEE / "bgr.jpg"),
                         "-o", str(tmp_path / "o"), "--model", str(onnx_model), "--align")

@@ -28,16 +28,17 @@ if importlib.util.find_spec("pytriton") is None:  # only its wheel's tritonserve
 tritonclient_http = pytest.importorskip("tritonclient.http")
 tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "runtimes"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "runtimes"))
 import model_files
 
 from bgm_deploy.cli import cli
-from bgm_deploy.client import ServerAddress, TritonMatteClient
+from bgm_deploy.serve.client import ServerAddress, TritonMatteClient
 from bgm_deploy.errors import UsageError
 from bgm_deploy.images import to_uint8
+from bgm_deploy.model_spec import ModelSpec
 from bgm_deploy.predictor import Predictor
-from bgm_deploy.serve import ServeConfig, TritonServer, free_port, with_free_ports
-from bgm_deploy.triton_repo import (
+from bgm_deploy.serve.server import ServeConfig, TritonServer, free_port, with_free_ports
+from bgm_deploy.serve.repository import (
     MissingExtraError,
     ServeError,
     TritonModelOptions,
@@ -45,7 +46,7 @@ from bgm_deploy.triton_repo import (
     write_python_repository,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MAX_PIXELS = 160 * 160  # small, so the oversize check is cheap to trigger
 STARTUP_S = 120
 
@@ -132,8 +133,8 @@ def test_served_outputs_equal_the_local_predictor(cli_server: dict, predictor: P
 def test_python_repository_float_io_loads_in_tritonserver(onnx_model: Path, predictor: Predictor, tmp_path: Path) -> None:
     """A self-contained python-flavour repository (what export --format triton --triton-backend
     python writes) loaded by the real tritonserver: float32 in and out, equal to ≤ 1e-4."""
-    options = TritonModelOptions(name="bgm_float", io_dtype="float32", outputs=("pha", "fgr"), threads=1, pad=True)
-    model_dir = write_python_repository(tmp_path / "repo", options, model=onnx_model)
+    options = TritonModelOptions(name="bgm_float", io_dtype="float32", outputs=("pha", "fgr"), pad=True)
+    model_dir = write_python_repository(tmp_path / "repo", options, ModelSpec(model=str(onnx_model), threads=1))
     assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.py"]
     validate_config_text((model_dir / "config.pbtxt").read_text())
     src, bgr = _images(3, 62, 46)
@@ -290,7 +291,7 @@ def test_missing_extra_is_one_line(monkeypatch: pytest.MonkeyPatch, onnx_model: 
     assert result.exit_code == 2
     assert result.output.strip() == 'Error: serving needs NVIDIA PyTriton and tritonclient: pip install --no-deps -r requirements-serve.txt (see docs/serve.md)'
     with pytest.raises(MissingExtraError):
-        TritonServer(with_free_ports(ServeConfig(model=onnx_model))).start()
+        TritonServer(with_free_ports(ServeConfig(spec=ModelSpec(model=str(onnx_model))))).start()
 
 
 def test_model_that_fails_to_load(onnx_model: Path, tmp_path: Path) -> None:
@@ -301,7 +302,7 @@ def test_model_that_fails_to_load(onnx_model: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and len(errors) == 1 and "not a readable ONNX file" in errors[0], result.output
     assert "Traceback" not in result.output
     # A repository whose model only fails inside the server: the server's reason, no process left.
-    model_dir = write_python_repository(tmp_path / "repo", TritonModelOptions(threads=1), model=onnx_model)
+    model_dir = write_python_repository(tmp_path / "repo", TritonModelOptions(), ModelSpec(model=str(onnx_model), threads=1))
     (model_dir / "1" / "model.onnx").write_bytes(b"corrupted after export")
     server = TritonServer(with_free_ports(ServeConfig(repository=tmp_path / "repo")))
     with pytest.raises(ServeError, match="before model 'bgm' was ready.*(failed to load|model.onnx)"):
