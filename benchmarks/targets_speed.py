@@ -9,7 +9,7 @@ a fixed sampling budget with prevent-oversampling off so every frame refines exa
 ``sample_pixels // 16`` cells, as the original project's speed test does) is exported with
 ``bgm_deploy.export.export`` to each format: ``onnx`` (the default export, with its speed
 rewrites), ``executorch`` (.pte, XNNPACK), ``litert`` (.tflite, XNNPACK) and ``aoti`` (.pt2, its
-default dynamic shapes; one file serves every resolution). Core ML is not runnable on Linux.
+default dynamic shapes; one file per sample budget, serving any size). Core ML is not runnable on Linux.
 Every runner is created through the target registry with the same thread count, fed the same
 bundled photo pair resized to the resolution, and timed interleaved (one call of each per
 round, so machine drift hits all alike); the reported latency is the median over rounds, the
@@ -76,26 +76,44 @@ def model_config(width: int, height: int) -> ModelConfig:
 def export_all(config: ModelConfig, size: tuple[int, int], folder: Path, rows: list[str],
                shared: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """Each row's file (made once; an AOTInductor file is dynamic and shared by all sizes).
-    A row is a format, ``format:rewrites`` for its export with the ported speed rewrites, or
-    ``aoti:fixed`` for an AOTInductor file of the benchmark's size (its default is dynamic)."""
+    A row is a format, ``format:rewrites`` for its export with the ported speed rewrites,
+    ``aoti:fixed`` for an AOTInductor file of the benchmark's size (its default is dynamic), or
+    ``onnx:static`` for an ONNX file of the static-K refiner (:func:`static_onnx`)."""
     files = {}
     for row in rows:
         fmt, _, variant = row.partition(":")
         dynamic = fmt == "aoti" and variant != "fixed"
         tag = "any" if dynamic else f"{size[0]}x{size[1]}"
         path = folder / f"bgm-{config.refine_sample_pixels}-{tag}{'-' + variant if variant else ''}{SUFFIXES[fmt]}"
-        if dynamic and row in shared:
-            path = shared[row]
+        key = f"{row}@{config.refine_sample_pixels}"  # one dynamic file per model (its budget is baked in)
+        if dynamic and key in shared:
+            path = shared[key]
         start = time.perf_counter()
-        if not path.exists():
+        if not path.exists() and row == "onnx:static":
+            static_onnx(config, size, path)
+        elif not path.exists():
             options = {"rewrites": variant == "rewrites", "dynamic": dynamic}
             recipe = RecipeConfig(resolution=size, options=options) if fmt != "onnx" else None
             export(config, path, fmt, resolution=None if dynamic else size, recipe_config=recipe, overwrite=True,
                    progress=lambda line: print(f"  [{row}] {line}", flush=True))
         if dynamic:
-            shared[row] = path
+            shared[key] = path
         files[row] = {"path": str(path), "size_bytes": _size(path), "export_seconds": time.perf_counter() - start}
     return files
+
+
+def static_onnx(config: ModelConfig, size: tuple[int, int], path: Path) -> None:
+    """The ``onnx:static`` row: an ONNX file of the static-K refiner with the ported rewrites
+    (gather crop), to decide whether it should become the ONNX default (it removes NonZero)."""
+    from exporters.config import OnnxConfig
+    from exporters.onnx import onnx_from_torch
+    from exporters.static_rewrites import target_patches
+    from model.checkpoint import build_model
+
+    resolved = config.resolved(size, ("gather", "scatter_element"))
+    model = build_model(resolved).eval()
+    onnx_from_torch(model, resolved, OnnxConfig(trace_resolution=size), path,
+                    patches=target_patches(model, None, rewrites=True))
 
 
 def _size(path: Path) -> int:

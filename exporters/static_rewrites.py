@@ -9,11 +9,12 @@ graph allows them:
   the map by a 0/1 mask, instead of resizing the 36-channel coarse maps to half resolution,
   concatenating, padding and cropping the whole map. The 6 image channels keep the
   reference's half-resolution resize (cheap: 6 channels) and are cropped by gather.
-* **Split convolutions**: conv1 and conv3 on their inputs' parts with weight slices, summed
-  (no 42- and 22-channel concatenations).
+Not ported: the split convolutions (weight slices in the graph are not constant weights, and
+XNNPACK delegates convolutions with constant weights only: a split conv1 ran on ExecuTorch's
+portable kernel, 20x slower).
 
-Not ported: the 2x2 blocks of cells refined as one window, which need a data-dependent count
-of blocks (``nonzero``). Only the arithmetic order differs from the reference (float32
+Nor the 2x2 blocks of cells refined as one window, which need a data-dependent count of blocks
+(``nonzero``). Only the arithmetic order differs from the reference (float32
 rounding, ~1e-6); parity is checked by the export re-check and ``bgm-deploy verify``. Other
 backbone scales, crop methods or kernel sizes fall back to the reference function.
 """
@@ -29,7 +30,7 @@ from torch import Tensor
 from model import refiner as _refiner
 
 from .patcher import Patch
-from .rewrites import _NETWORK_PATCHES, HALF_RATIO_SCALE, SplitCrops, _coarse_windows
+from .rewrites import HALF_RATIO_SCALE, _coarse_windows
 from .static_refiner import static_patches
 from .torch_program import StaticOptions
 
@@ -48,7 +49,7 @@ def gather_patch_inputs_static(hid: Tensor, pha: Tensor, fgr: Tensor, src: Tenso
     """Drop-in :func:`model.refiner.gather_patch_inputs` for a fixed patch list: the coarse
     part of the half-resolution windows sampled directly (see the module docstring).
 
-    Returns ``(SplitCrops(coarse (N, 36, 8, 8), images (N, 6, 8, 8)), full (N, 6, 8, 8))``.
+    Returns ``(N, 42, 8, 8)`` half-resolution and ``(N, 6, 8, 8)`` full-resolution windows.
     """
     if not exact_half or kernel_size != 3 or crop_method != "gather":
         return _reference_gather_patch_inputs(hid, pha, fgr, src, bgr, idx, kernel_size, crop_method)
@@ -61,7 +62,10 @@ def gather_patch_inputs_static(hid: Tensor, pha: Tensor, fgr: Tensor, src: Tenso
     half = F.interpolate(src_bgr, size=(half_h, half_w), mode="bilinear", align_corners=False)
     images = _refiner.crop_patches(half, idx, 2, 3, "gather")
     full = _refiner.crop_patches(src_bgr, idx, 4, 2, "gather")
-    return SplitCrops(x, images), full  # type: ignore[return-value]  # first_conv takes the two parts
+    # One conv1 on the concatenation: split convolutions slice their weights in the graph, and
+    # XNNPACK delegates convolutions with constant weights only (a sliced one ran on
+    # ExecuTorch's portable kernel, 20x slower).
+    return torch.cat([x, images], dim=1), full
 
 
 def static_fast_patches(model: torch.nn.Module) -> tuple[Patch, ...]:
@@ -71,7 +75,6 @@ def static_fast_patches(model: torch.nn.Module) -> tuple[Patch, ...]:
         Patch("module:model.refiner", "gather_patch_inputs",
               functools.partial(gather_patch_inputs_static, exact_half=exact_half),
               reason="coarse windows by one gather and a fixed-weight GEMM; no half-resolution 36-channel map"),
-        *_NETWORK_PATCHES[1:],  # split conv1 and conv3 (the 2x2 blocks need nonzero: not ported)
     )
 
 

@@ -188,7 +188,7 @@ def recipe_metadata(model_config: ModelConfig, fmt: str, config: RecipeConfig, n
 
 def rewrites_on(config: RecipeConfig) -> bool:
     """Whether an export applies the ported speed rewrites (``options["rewrites"]``). Off by
-    default: measured slower on ExecuTorch and LiteRT (benchmarks/results/targets_speed.json)."""
+    default: no clear gain on ExecuTorch or LiteRT (benchmarks/results/targets_speed.json)."""
     return bool(config.options.get("rewrites", False))
 
 
