@@ -84,7 +84,7 @@ STAGE_CONFIGS = {
         val_size=(192, 256),
     ),
     "refine": StageConfig(
-        steps=300,
+        steps=240,
         batch=4,
         sizes=((640, 640), (544, 736), (736, 544)),
         lr={"backbone": 1e-4, "aspp": 1e-4, "decoder": 2e-4, "refiner": 5e-4},
