@@ -104,7 +104,7 @@ def validate_preset(preset: str, workdir: Path, args: argparse.Namespace, say: C
             continue
         for provider in providers:
             key = f"{name} on {provider}"
-            settings = VerifyConfig(provider=provider, resolutions=(resolution,), batch=2, checkpoint=checkpoint)
+            settings = VerifyConfig(target=provider, resolutions=(resolution,), batch=2, checkpoint=checkpoint)
             report = _attempt(key, parity, progress, lambda: verify(files[name], settings, progress=progress))
             if report is not None:
                 parity[key] = report.to_dict()

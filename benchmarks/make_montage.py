@@ -1,10 +1,11 @@
-"""Renders docs/images/montage.png: src | bgr | ground-truth alpha | predicted pha | com over a
+"""Renders docs/images/montage.png: src | bgr | ground-truth alpha | predicted pha | rgba over a
 checkerboard, one row per bundled photo pair.
 
-The model uses bgm-deploy's *synthetic* weights (no checkpoint ships with the repo), so the
-predicted matte shows the workflow and the output types, not matting quality; the ground
-truth column shows what a trained model should produce. With a real checkpoint:
-``python benchmarks/make_montage.py --checkpoint pytorch_mobilenetv2.pth``.
+The model uses the bundled **demo weights** (``model/weights``: trained here on synthetic
+composites, far less accurate than the official checkpoints; none of these pairs was used in
+training), at full size with the HD preset, the backgrounds aligned. With the official weights:
+``python -m benchmarks.make_montage --checkpoint pytorch_mobilenetv2.pth``; ``--seed 0`` for the
+synthetic test weights.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from bgm_deploy.align import align_background
+from bgm_deploy.matte.align import align_background
 from bgm_deploy.images import (
     BUNDLED_PAIRS_DIR,
     checkerboard,
@@ -27,11 +28,12 @@ from bgm_deploy.images import (
 )
 from bgm_deploy.predictor import Predictor
 from model.config import ModelConfig
+from model.demo import DEMO_WEIGHTS_PATH
 from model.errors import RuntimeUnavailableError
 
 REPO = Path(__file__).resolve().parents[1]
 PAIRS = BUNDLED_PAIRS_DIR
-COLUMNS = ("src", "bgr", "ground-truth alpha", "pha (synthetic weights)", "com over checkerboard")
+COLUMNS = ("src", "bgr", "ground-truth alpha", "predicted pha", "rgba over checkerboard")
 
 
 def _thumbnail(image: np.ndarray, height: int) -> np.ndarray:
@@ -59,12 +61,16 @@ def render(predictor: Predictor, height: int, label: str) -> np.ndarray:
             bgr, _ = align_background(src, bgr)  # the shifted pair needs it; others are left alone
         except RuntimeUnavailableError as exc:  # OpenCV is optional
             print(f"{pair.name}: not aligned ({exc})")
-        # Matte at the thumbnail size: the montage cannot show more detail anyway.
+        # Matte at full size (what the model is for), shown at the thumbnail size.
+        full = predictor.predict(src, bgr, outputs=("pha", "rgba"))
         src_small, bgr_small = _thumbnail(src, height), _thumbnail(bgr, height)
-        result = predictor.predict(src_small, bgr_small, outputs=("pha", "com"))
+        size = (src_small.shape[1], src_small.shape[0])
+        result = type(full)(pha=np.asarray(Image.fromarray(to_uint8(full.pha)).resize(size, Image.Resampling.BILINEAR),
+                                           dtype=np.float32) / 255, rgba=np.asarray(Image.fromarray(full.rgba).resize(
+                                               size, Image.Resampling.BILINEAR)))
         alpha = _thumbnail(load_image(pair / "alpha.png"), height)
         pha = np.repeat(to_uint8(result.pha)[..., None], 3, axis=2)
-        com = composite_over(result.com, checkerboard(*src_small.shape[:2], cell=8))
+        com = composite_over(result.rgba, checkerboard(*src_small.shape[:2], cell=8))
         tiles = [_letterbox(tile, height) for tile in (src_small, bgr_small, alpha, pha, com)]
         gap = np.full((height, 4, 3), 255, np.uint8)
         rows.append(np.concatenate([x for tile in tiles for x in (tile, gap)][:-1], axis=1))
@@ -81,17 +87,21 @@ def render(predictor: Predictor, height: int, label: str) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=None, help="real weights (default: synthetic, seed 0)")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="weights [the bundled demo weights]")
+    parser.add_argument("--seed", type=int, default=None, help="synthetic test weights of this seed instead")
     parser.add_argument("--height", type=int, default=144, help="row height in pixels")
     parser.add_argument("--output", type=Path, default=REPO / "docs" / "images" / "montage.png")
     args = parser.parse_args()
-    config = ModelConfig(backbone="mobilenetv2", backbone_scale=0.25, refine_sample_pixels=80_000, seed=0)
-    if args.checkpoint is not None:
-        predictor = Predictor.load(checkpoint=args.checkpoint)
-        label = f"weights: {args.checkpoint.name}"
-    else:
+    config = ModelConfig(backbone="mobilenetv2", backbone_scale=0.25, refine_sample_pixels=80_000,
+                         seed=0 if args.seed is None else args.seed)
+    if args.seed is not None:
         predictor = Predictor.load(model_config=config)
-        label = "weights: SYNTHETIC (seed 0) - the predicted matte is not meaningful; compare the ground-truth column"
+        label = f"weights: SYNTHETIC (seed {args.seed}) - the predicted matte is not meaningful"
+    else:
+        checkpoint = args.checkpoint or DEMO_WEIGHTS_PATH
+        predictor = Predictor.load(checkpoint=checkpoint)  # the HD preset: scale 0.25, 80,000 pixels
+        label = (f"weights: {checkpoint.name}" if args.checkpoint else
+                 "weights: bundled DEMO weights (trained on synthetic composites; not the official weights)")
     with predictor:
         montage = render(predictor, args.height, label)
     save_image(args.output, montage)

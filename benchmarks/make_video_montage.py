@@ -3,9 +3,9 @@
 Runs the documented commands (through the CLI) on a clip made from a bundled photo pair by
 ``benchmarks/make_video_clips.py``: export the default model to ONNX, then matte the clip to
 pha, fgr, com, rgba, err and ref, and tiles frame ``--frame`` of each output, decoded back
-from the files written. The model has *synthetic* weights (no checkpoint ships with the
-repo): the tiles show the output kinds, not matting quality. With real weights pass
-``--checkpoint pytorch_mobilenetv2.pth``.
+from the files written. The export takes the bundled **demo weights** (the CLI's default:
+trained here on synthetic composites, far less accurate than the official checkpoints). With
+the official weights pass ``--checkpoint pytorch_mobilenetv2.pth``.
 
     python -m benchmarks.make_video_montage
 """
@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from benchmarks.make_video_clips import ClipSpec, make_clip
 from bgm_deploy.cli import cli
 from bgm_deploy.images import checkerboard, composite_over, save_image
-from bgm_deploy.video_io import import_av
+from bgm_deploy.matte.video_io import import_av
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET = REPO / "docs" / "images" / "video_outputs.png"

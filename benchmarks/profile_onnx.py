@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
             if path is None:
                 config = _model_config(BenchConfig(backbones=(args.backbone,), resolutions=(size,)), args.backbone, size)
                 artifacts = ArtifactCache(workdir, lambda message: print(message, file=sys.stderr), onnx_exporter=args.exporter)
-                path = artifacts.path(config, "onnx", "generic", size)
+                path = artifacts.path(config, "onnx", size)
             feeds = _inputs("fixed", size, 1)[0].feeds()  # the bundled pair bench's fixed mode times
             print(f"profiling {path.name} at {size[0]}x{size[1]}, {args.runs} runs…", file=sys.stderr)
             events = profile(path, feeds, args.runs, args.threads, workdir)

@@ -78,12 +78,12 @@ def run(quick: bool) -> BenchReport:
     merged: BenchReport | None = None
     device = "cuda" if torch.cuda.is_available() else "cpu"
     for suite in suites(quick):
-        usable = tuple(b for b in suite.backends if unavailable_reason(b, "fp32", device) is None)
+        usable = tuple(b for b in suite.backends if unavailable_reason(b, "fp32") is None)
         print(f"== {suite.backbone} {suite.resolution[0]}x{suite.resolution[1]}: {', '.join(usable)}", file=sys.stderr)
         config = BenchConfig(backends=usable, backbones=(suite.backbone,), resolutions=(suite.resolution,), timing=suite.timing)
         report = bench(config, progress=lambda message: print(message, file=sys.stderr))
         skipped = [s for s in suite.backends if s not in usable]
-        report.skipped.extend(SkippedBackend(b, "fp32", str(unavailable_reason(b, "fp32", device))) for b in skipped)
+        report.skipped.extend(SkippedBackend(b, "fp32", str(unavailable_reason(b, "fp32"))) for b in skipped)
         if merged is None:
             merged = report
             merged.settings = {**report.settings, "suites": []}

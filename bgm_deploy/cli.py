@@ -32,6 +32,7 @@ from model.errors import BgmDeployError, UsageError
 from . import __version__
 from .cli_options import (
     engine_options,
+    kubernetes_from_options,
     model_config_from_options,
     model_options,
     onnx_config_from_options,
@@ -166,6 +167,9 @@ def info(as_json: bool) -> None:
 @click.option("--onnx-exporter", type=click.Choice(["legacy", "dynamo"]), default=None,
               help="ONNX exporter for the ONNX backends [the export command's default].")
 @click.option("--flops/--no-flops", default=True, show_default=True, help="Count FLOPs and measure the GEMM peak.")
+@click.option("--quality/--no-quality", default=True, show_default=True,
+              help="Score each row's alpha against the bundled pairs' ground truth (MSE, SAD): what a runtime or "
+                   "precision costs in matte quality (meaningful with real weights).")
 @click.option("--workdir", type=click.Path(file_okay=False), default=None, help="Keep exports here (default: temp dir).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the JSON report.")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), default=None, help="Write a markdown table.")
@@ -176,6 +180,7 @@ def bench(ctx: click.Context, models: tuple[str, ...], backends: tuple[str, ...]
           resolutions: tuple[str, ...], batch: int, precisions: tuple[str, ...], warmup: str, iterations: int,
           duration: float | None, mode: str, end_to_end: bool, threads: int | None, backbone_scale: float | None,
           sample_pixels: int | None, checkpoint: str | None, seed: int, onnx_exporter: str | None, flops: bool,
+          quality: bool,
           workdir: str | None,
           json_path: str | None, markdown_path: str | None, plot_path: str | None) -> None:
     """Benchmark backends (latency table; without MODEL: the default model, exported on the fly)."""
@@ -205,6 +210,7 @@ def bench(ctx: click.Context, models: tuple[str, ...], backends: tuple[str, ...]
         seed=seed,
         onnx_exporter=onnx_exporter,
         count_flops=flops,
+        quality=quality,
         workdir=Path(workdir) if workdir else None,
         json_path=Path(json_path) if json_path else None,
         markdown_path=Path(markdown_path) if markdown_path else None,
@@ -266,7 +272,8 @@ def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int,
                    "instead of loading a model.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=None, help="With --server: requests in flight [4].")
 @click.option("--shared-memory/--no-shared-memory", default=None,
-              help="With --server on this machine: pass images through Triton's system shared memory.")
+              help="With --server: pass images through Triton's system shared memory [on when every server is on "
+                   "this machine].")
 @click.option("--server-model", default=None, help="With --server: the served model's name [bgm].")
 @click.option("--sequence/--no-sequence", default=False, show_default=True,
               help="Treat the --src folder as numbered frames of one clip (footage).")
@@ -277,6 +284,11 @@ def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int,
 @click.option("--rate", type=float, default=None, help="Image sequences: frames per second [30].")
 @click.option("--src-format", default=None, help="Live devices: FFmpeg input format (v4l2, avfoundation, dshow, ...).")
 @click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Footage: stop after this many frames.")
+@click.option("--ray", "ray_address", default=None, metavar="local|auto|ADDRESS",
+              help='Run on a Ray cluster: local starts one here; auto/HOST:PORT join a running one (outputs on shared '
+                   'storage; pip install "bgm-deploy[ray]"; docs/scale.md).')
+@click.option("--ray-workers", type=click.IntRange(min=1), default=None,
+              help="With --ray: workers (one model each) [one per CPU, or per GPU for a GPU target].")
 @click.pass_obj
 @handle_errors
 def matte(state: Context, src: str, bgr: str, output: str, outputs: str, formats: str | None, fgr_format: str | None,
@@ -284,13 +296,20 @@ def matte(state: Context, src: str, bgr: str, output: str, outputs: str, formats
           workers: int, overwrite: bool, skip_existing: bool, allow_partial: bool, report_path: str | None,
           servers: tuple[str, ...], concurrency: int | None, shared_memory: bool | None, server_model: str | None,
           sequence: bool, crf: int | None, preset: str | None, audio: bool | None, rate: float | None,
-          src_format: str | None, max_frames: int | None, **model: Any) -> None:
+          src_format: str | None, max_frames: int | None, ray_address: str | None, ray_workers: int | None,
+          **model: Any) -> None:
     """Matte photos or footage: SRC (with subject) and BGR (same scene without it) to alpha, foreground, ..."""
     # deferred: the API loads torch (see the module docstring)
-    from .matte import MatteOptions, ServerOptions, parse_formats
+    from .matte import ClusterOptions, MatteOptions, ServerOptions, parse_formats
     from .matte import matte as run_matte
     from .progress import JobProgress
 
+    if servers:
+        given = sorted(name for name, value in model.items() if value not in (None, False))
+        if given:
+            flags = ", ".join("--" + name.replace("_file", "").replace("_", "-") for name in given)
+            raise UsageError(f"--server sends the work to running servers, which run their own model on their own "
+                             f"target; drop {flags}")
     spec = spec_from_options(model, padding=padding)
     kinds = tuple(name.strip() for name in outputs.split(",") if name.strip())
     chosen = parse_formats(formats, kinds)
@@ -301,10 +320,8 @@ def matte(state: Context, src: str, bgr: str, output: str, outputs: str, formats
     server_settings = {"--concurrency": concurrency, "--shared-memory": shared_memory, "--server-model": server_model}
     server_options = None
     if servers:
-        if not spec.is_empty:
-            raise UsageError("--server sends the work to running servers; drop --model/--checkpoint/--seed and the "
-                             "model settings (the server's model is used)")
-        server_options = ServerOptions(tuple(servers), server_model or "bgm", concurrency or 4, bool(shared_memory))
+        server_options = ServerOptions(tuple(servers), server_model or "bgm", concurrency or 4, shared_memory,
+                                       padding)
     else:
         stray = [flag for flag, value in server_settings.items() if value is not None]
         if stray:
@@ -315,10 +332,14 @@ def matte(state: Context, src: str, bgr: str, output: str, outputs: str, formats
         skip_existing=skip_existing, allow_partial=allow_partial, backdrop=backdrop, crf=crf,
         preset=preset, audio=audio, rate=rate, src_format=src_format, max_frames=max_frames,
     )
+    if ray_workers is not None and ray_address is None:
+        raise UsageError("--ray-workers applies with --ray only; add --ray local|auto|ADDRESS or drop it")
+    cluster = ClusterOptions(ray_address, workers=ray_workers) if ray_address is not None else None
     printer = JobProgress("img", quiet=state.quiet)
     try:
         report = run_matte(src, bgr, output, None if servers else spec, options, servers=server_options,
-                           report_path=report_path, progress=printer, status=printer.status, sequence=sequence)
+                           report_path=report_path, progress=printer, status=printer.status, sequence=sequence,
+                           cluster=cluster)
     finally:
         printer.close()
     for path in report.unmatched_backgrounds:
@@ -342,13 +363,13 @@ def matte(state: Context, src: str, bgr: str, output: str, outputs: str, formats
 @click.option("--metrics-port", type=click.IntRange(0, 65535), default=8002, show_default=True,
               help="Prometheus metrics (/metrics); 0: a free port.")
 @click.option("--max-batch-size", type=click.IntRange(1, 64), default=4, show_default=True)
-@click.option("--dynamic-batching/--no-dynamic-batching", default=True, show_default=True,
-              help="Merge concurrent requests of the same size into one batch.")
+@click.option("--dynamic-batching/--no-dynamic-batching", default=None,
+              help="Merge concurrent requests of the same size into one batch [off on a CPU target, on on a GPU].")
 @click.option("--queue-delay-us", type=click.IntRange(min=0), default=2000, show_default=True,
               help="How long the batcher may hold a request to fill a batch.")
 @click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True,
               help="Model instances (one process each).")
-@click.option("--outputs", default="pha,fgr", show_default=True, help="Served outputs: pha, fgr, com.")
+@click.option("--outputs", default="pha,fgr", show_default=True, help="Served outputs: pha, fgr, rgba (foreground with alpha as RGBA uint8).")
 @click.option("--io-dtype", type=click.Choice(["uint8", "float32"]), default="uint8", show_default=True,
               help="Image type on the wire (uint8: 4x less to send than float32).")
 @click.option("--max-pixels", type=click.IntRange(min=0), default=3840 * 2160, show_default=True,
@@ -365,21 +386,25 @@ def matte(state: Context, src: str, bgr: str, output: str, outputs: str, formats
 @handle_errors
 def serve_command(
     state: Context, model_file: str | None, name: str, host: str, http_port: int, grpc_port: int, metrics_port: int,
-    max_batch_size: int, dynamic_batching: bool, queue_delay_us: int, instances: int, outputs: str, io_dtype: str,
+    max_batch_size: int, dynamic_batching: bool | None, queue_delay_us: int, instances: int, outputs: str, io_dtype: str,
     max_pixels: int, pad: bool, log_path: str | None, repository: str | None, max_restarts: int, **model: Any,
 ) -> None:
     """Serve MODEL (or --checkpoint) on a Triton Inference Server until Ctrl-C/SIGTERM."""
     # deferred: the API loads torch (see the module docstring)
     from .serve.repository import TritonModelOptions
-    from .serve.server import ServeConfig, serve
+    from .serve.server import ServeConfig, default_dynamic_batching, serve
 
     if model_file is not None:
         if model.get("model") is not None:
             raise UsageError(f"pass the model once: MODEL {model_file} or --model {model['model']}")
         model["model"] = model_file
     spec = spec_from_options(model, padding="replicate")
+    if dynamic_batching is None and not spec.is_empty:
+        dynamic_batching, why = default_dynamic_batching(spec)
+        state.echo(f"dynamic batching {why}", err=True)
     options = TritonModelOptions(
-        name=name, max_batch_size=max_batch_size, dynamic_batching=dynamic_batching, max_queue_delay_us=queue_delay_us,
+        name=name, max_batch_size=max_batch_size, dynamic_batching=bool(dynamic_batching),
+        max_queue_delay_us=queue_delay_us,
         instances=instances, outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()),
         io_dtype=io_dtype, max_pixels=max_pixels, pad=pad,
     )
@@ -455,11 +480,13 @@ def export_command(state: Context, fmt: str, output: str, overwrite: bool, resol
     from .verify import format_table
 
     size = _parse_size(resolution, "--resolution")
-    model_config, checkpoint = model_config_from_options(groups)
+    model_config, checkpoint = model_config_from_options(groups, say=lambda message: state.echo(message, err=True))
     onnx_config, names = onnx_config_from_options(groups)
     precision = onnx_config.precision
     if fmt != "web" and groups["ort_dist"] is not None:
         raise UsageError("--ort-dist only applies with --format web")
+    if fmt != "triton" and (groups["k8s_dir"] is not None or groups["model_uri"] is not None):
+        raise UsageError("--k8s and --model-uri apply with --format triton only (manifests that run its repository)")
     if fmt == "web":  # a static site around the web-ready model: bgm_deploy/web, docs/web.md
         from .web.site import export_web
 
@@ -483,10 +510,14 @@ def export_command(state: Context, fmt: str, output: str, overwrite: bool, resol
             max_queue_delay_us=groups["queue_delay_us"], instances=groups["instances"], kind=groups["triton_device"],
             outputs=served, tensorrt=groups["trt_accelerator"], tensorrt_fp16=groups["trt_fp16"],
         )
+        kubernetes, manifests_dir = kubernetes_from_options(groups, groups["triton_name"])
         repo = export_triton(model_config, output, triton_options, flavour=groups["triton_backend"],
                              onnx=dataclasses.replace(onnx_config, outputs=exported), checkpoint=checkpoint,
-                             overwrite=overwrite, progress=progress, json_path=json_path)
+                             overwrite=overwrite, progress=progress, json_path=json_path, kubernetes=kubernetes,
+                             manifests_dir=manifests_dir)
         click.echo(f"{repo.model_dir}: {', '.join(repo.files)} ({repo.verified})")
+        if repo.manifests:
+            click.echo(f"kubernetes: {', '.join(repo.manifests)} (validated offline, unverified on a cluster)")
         return
     if fmt == "tensorrt":
         engine = EngineConfig(precision=precision, preset=groups["engine_preset"], workspace_mib=groups["workspace_mib"],
@@ -609,6 +640,59 @@ def verify_command(
         click.echo(f"--save-diff: no case failed, so no heatmap was written to {save_diff}", err=True)
     if not report.passed:
         raise click.exceptions.Exit(1)
+
+
+@cli.command("evaluate")
+@model_options
+@target_options
+@click.option("--pairs", "pairs_dir", type=click.Path(file_okay=False), default=None,
+              help="Folder of <name>/src, bgr, alpha triples [the bundled real pairs].")
+@click.option("--src", type=click.Path(), default=None,
+              help="Photos (a file or folder) or footage (a clip); with --bgr and --alpha instead of --pairs.")
+@click.option("--bgr", type=click.Path(exists=True), default=None, help="Background(s) of --src.")
+@click.option("--alpha", type=click.Path(exists=True), default=None,
+              help="True alpha: files/folder matched by name (photos), or per-frame images or a video (footage).")
+@click.option("--align/--no-align", default=False, show_default=True, help="Align backgrounds first (OpenCV).")
+@click.option("--padding", type=click.Choice(["replicate", "reflect"]), default="replicate", show_default=True)
+@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Footage: the first frames only.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Also write the report as JSON.")
+@click.pass_obj
+@handle_errors
+def evaluate_command(state: Context, pairs_dir: str | None, src: str | None, bgr: str | None, alpha: str | None,
+                     align: bool, padding: str, max_frames: int | None, json_path: str | None, **model: Any) -> None:
+    """Score a model's alpha against ground truth: SAD, MSE, Grad, Conn per image and mean [bundled pairs]."""
+    # deferred: the API loads torch (see the module docstring)
+    from model.demo import DEMO_NOTE, DEMO_WEIGHTS_PATH, demo_available
+
+    from .evaluate import EvaluateConfig, evaluate
+    from .predictor import Predictor
+
+    spec = spec_from_options(model, padding=padding)
+    config = EvaluateConfig(pairs_dir=pairs_dir, src=src, bgr=bgr, alpha=alpha, align=align, max_frames=max_frames,
+                            json_path=json_path)
+    if spec.is_empty and demo_available():
+        spec = dataclasses.replace(spec, checkpoint=str(DEMO_WEIGHTS_PATH))
+        state.echo(f"no model given: using the {DEMO_NOTE}", err=True)
+    with Predictor.from_spec(spec) as predictor:
+        report = evaluate(predictor, config, progress=lambda message: state.echo(message, err=True))
+    click.echo(report.table())
+    click.echo(f"model: {report.model['source']} on {report.model['target']} ({report.model['weights']}); "
+               "SAD, Grad and Conn in thousands, MSE as is")
+
+
+@cli.command("samples")
+@click.argument("output", type=click.Path(file_okay=False))
+@click.option("--overwrite/--no-overwrite", default=False, show_default=True, help="Replace existing files.")
+@handle_errors
+def samples_command(output: str, overwrite: bool) -> None:
+    """Write the bundled real photo pairs to OUTPUT/src, OUTPUT/bgr and OUTPUT/alpha (for matte and evaluate)."""
+    # deferred: the API loads torch (see the module docstring)
+    from .evaluate import write_samples
+
+    written = write_samples(output, overwrite=overwrite)
+    click.echo(f"{len(written) // 3} sample pairs in {output}: src/, bgr/ (plates), alpha/ (ground truth); try\n"
+               f"  bgm-deploy matte --src {output}/src --bgr {output}/bgr -o out/ --outputs pha,com\n"
+               f"  bgm-deploy evaluate --src {output}/src --bgr {output}/bgr --alpha {output}/alpha")
 
 
 @cli.command("web")

@@ -17,11 +17,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.shell_completion import CompletionItem
 
 import runtimes  # noqa: F401 - importing the package registers every runner and its targets
 from exporters.config import DEFAULT_EXPORTER, EXPORTERS, PRECISIONS, OnnxConfig
 from exporters.config import TARGETS as GRAPH_TARGETS
 from model.config import ModelConfig
+from model.demo import DEMO_NOTE, DEMO_WEIGHTS_PATH, demo_available, demo_fits
 from model.errors import UsageError
 from model.spec import BACKBONES, CROP_METHODS, KERNEL_SIZES, MODEL_TYPES, REFINE_MODES, REPLACE_METHODS
 from runtimes.targets import DEVICE_WORDS, all_options, target_choices
@@ -36,6 +38,21 @@ MODEL_PARAMS = ("model", "checkpoint", "config_file", "seed", "backbone", "backb
                 "refine_sample_pixels", "refine_threshold")
 
 
+class TargetChoice(click.ParamType):
+    """``--target``: a registered target or a device word, checked against the registry when
+    parsed (a target registered after the CLI was built, a plug-in's, is valid too)."""
+
+    name = "target"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        if value not in target_choices():
+            self.fail(f"{value!r} is not one of {', '.join(target_choices())}", param, ctx)
+        return str(value)
+
+    def shell_complete(self, ctx: click.Context, param: click.Parameter, incomplete: str) -> list[Any]:
+        return [CompletionItem(name) for name in target_choices() if name.startswith(incomplete)]
+
+
 def _option_param(flag: str) -> str:
     return flag.lstrip("-").replace("-", "_")
 
@@ -43,7 +60,7 @@ def _option_param(flag: str) -> str:
 def target_options(func: F) -> F:
     """Adds ``--target`` and what goes with it (see the module docstring)."""
     decorators = [
-        click.option("--target", type=click.Choice(target_choices()), default=None, metavar="TARGET",
+        click.option("--target", type=TargetChoice(), default=None, metavar="TARGET",
                      help="Where the model runs: " + ", ".join(target_choices())
                      + " (a device word picks the file format's default target there) [cpu]."),
         click.option("--allow-fallback/--no-allow-fallback", default=False, show_default=True,
@@ -141,8 +158,10 @@ def weights_options(func: F) -> F:
     return _apply(func, [
         click.option("--model-type", type=click.Choice(MODEL_TYPES), default="refine", show_default=True),
         click.option("--backbone", type=click.Choice(BACKBONES), default="mobilenetv2", show_default=True),
-        click.option("--checkpoint", type=click.Path(dir_okay=False), default=None, help="Weights (default: synthetic)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Synthetic-weights seed (without --checkpoint)."),
+        click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+                     help="Weights [the bundled demo weights for a mobilenetv2 refine model, else synthetic seed 0]."),
+        click.option("--seed", type=click.IntRange(min=0), default=None,
+                     help="Synthetic weights of this seed instead of the demo weights (pipeline checks)."),
         click.option("--backbone-scale", default="auto", show_default=True,
                      help="auto (from --resolution: 0.25 up to HD, 0.125 above) or a float in [0.01, 0.5]."),
         click.option("--refine-mode", type=click.Choice(REFINE_MODES), default="sampling", show_default=True),
@@ -160,8 +179,12 @@ def weights_options(func: F) -> F:
     ])
 
 
-def model_config_from_options(values: dict[str, Any]) -> tuple[ModelConfig, str | None]:
-    """Pops :func:`weights_options`: ``(ModelConfig, checkpoint)``."""
+def model_config_from_options(values: dict[str, Any], say: Callable[[str], None] | None = None
+                              ) -> tuple[ModelConfig, str | None]:
+    """Pops :func:`weights_options`: ``(ModelConfig, checkpoint)``. With neither ``--checkpoint``
+    nor ``--seed``, a mobilenetv2 refine model gets the bundled demo weights (``say`` announces
+    them); other architectures get synthetic weights of seed 0."""
+    seed_given = values.get("seed")
     scale_text = values.pop("backbone_scale")
     scale: float | None = None  # auto: resolved from the target resolution by the export
     if scale_text != "auto":
@@ -175,9 +198,14 @@ def model_config_from_options(values: dict[str, Any]) -> tuple[ModelConfig, str 
         refine_threshold=values.pop("refine_threshold"), refine_kernel_size=int(values.pop("refine_kernel_size")),
         refine_prevent_oversampling=values.pop("prevent_oversampling"),
         refine_patch_crop_method=values.pop("crop_method"), refine_patch_replace_method=values.pop("replace_method"),
-        seed=values.pop("seed"),
+        seed=values.pop("seed") or 0,
     )
-    return config, values.pop("checkpoint")
+    checkpoint = values.pop("checkpoint")
+    if checkpoint is None and seed_given is None and demo_fits(config) and demo_available():
+        checkpoint = str(DEMO_WEIGHTS_PATH)
+        if say is not None:
+            say(f"using the {DEMO_NOTE}")
+    return config, checkpoint
 
 
 def onnx_export_options(func: F) -> F:
@@ -235,4 +263,40 @@ def triton_options(func: F) -> F:
         click.option("--trt-accelerator/--no-trt-accelerator", default=False, show_default=True,
                      help="--format triton (onnxruntime, gpu): onnxruntime's TensorRT accelerator on the TensorRT-safe graph."),
         click.option("--trt-fp16/--no-trt-fp16", default=True, show_default=True, help="With --trt-accelerator: FP16 engines."),
+        click.option("--k8s", "k8s_dir", type=click.Path(file_okay=False), default=None,
+                     help="--format triton: also write Kubernetes manifests (Deployment, Service, HPA, KServe "
+                          "InferenceService) into this folder; needs --model-uri (docs/scale.md)."),
+        click.option("--model-uri", default=None,
+                     help="With --k8s: where the repository will live: pvc://CLAIM/PATH, s3://BUCKET/PATH or gs://..."),
+        click.option("--triton-image", default="nvcr.io/nvidia/tritonserver", show_default=True, help="With --k8s."),
+        click.option("--triton-version", default="24.10-py3", show_default=True, help="With --k8s: the image tag."),
+        click.option("--replicas", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="With --k8s: pods at least (the autoscaler's minimum)."),
+        click.option("--max-replicas", type=click.IntRange(min=1), default=4, show_default=True,
+                     help="With --k8s: the autoscaler's maximum."),
+        click.option("--k8s-cpu", default="2", show_default=True, help="With --k8s: CPU request per pod."),
+        click.option("--k8s-memory", default="4Gi", show_default=True, help="With --k8s: memory request per pod."),
     ])
+
+
+def kubernetes_from_options(values: dict[str, Any], name: str) -> tuple[Any, str | None]:
+    """Pops the ``--k8s`` options of :func:`triton_options`: ``(KubernetesOptions or None, folder)``.
+
+    Raises:
+        UsageError: a --k8s option without --k8s, or --k8s without --model-uri.
+    """
+    # deferred: the serve package loads torch (the predictor), which --help must not load
+    from .serve.kubernetes import KubernetesOptions
+
+    folder, uri = values.pop("k8s_dir", None), values.pop("model_uri", None)
+    settings = {"image": values.pop("triton_image"), "version": values.pop("triton_version"),
+                "replicas": values.pop("replicas"), "max_replicas": values.pop("max_replicas"),
+                "cpu": values.pop("k8s_cpu"), "memory": values.pop("k8s_memory")}
+    if folder is None:
+        if uri is not None:
+            raise UsageError("--model-uri applies with --k8s DIR (the manifests); add --k8s or drop it")
+        return None, None
+    if uri is None:
+        raise UsageError("--k8s needs --model-uri: where the cluster reads the repository (pvc://CLAIM/PATH, "
+                         "s3://BUCKET/PATH or gs://BUCKET/PATH)")
+    return KubernetesOptions(uri, name=name.lower().replace("_", "-").replace(".", "-"), **settings), folder

@@ -25,12 +25,12 @@ from .images import pil_to_rgb, to_uint8
 
 log = logging.getLogger(__name__)
 
-OUTPUT_CHOICES = ("pha", "fgr", "com", "err", "ref")
+OUTPUT_CHOICES = ("pha", "fgr", "rgba", "err", "ref")
 PADDING_MODES = {"replicate": "edge", "reflect": "reflect"}
 # Model outputs each predictor output needs, per model type.
 _NEEDS = {
-    "refine": {"pha": ("pha",), "fgr": ("fgr",), "com": ("pha", "fgr"), "err": ("err_sm",), "ref": ("ref_sm",)},
-    "base": {"pha": ("pha",), "fgr": ("fgr",), "com": ("pha", "fgr"), "err": ("err",)},
+    "refine": {"pha": ("pha",), "fgr": ("fgr",), "rgba": ("pha", "fgr"), "err": ("err_sm",), "ref": ("ref_sm",)},
+    "base": {"pha": ("pha",), "fgr": ("fgr",), "rgba": ("pha", "fgr"), "err": ("err",)},
 }
 # Height/width multiple the model requires: MattingRefine works on 4x4 patches.
 _MULTIPLE = {"refine": 4, "base": 1}
@@ -43,7 +43,7 @@ class Prediction:
     Attributes:
         pha: alpha, ``(H, W)`` float32 in 0..1.
         fgr: foreground, ``(H, W, 3)`` float32 RGB in 0..1 (if requested).
-        com: foreground with alpha, ``(H, W, 4)`` uint8 RGBA, colour zeroed where alpha is 0
+        rgba: foreground with alpha, ``(H, W, 4)`` uint8 RGBA, colour zeroed where alpha is 0
             (if requested).
         err: error map upsampled bilinearly, ``(H, W)`` float32 in 0..1 (if requested).
         ref: refined regions upsampled (nearest), ``(H, W)`` float32 in {0, 1} (if requested).
@@ -52,7 +52,7 @@ class Prediction:
 
     pha: np.ndarray | None = None
     fgr: np.ndarray | None = None
-    com: np.ndarray | None = None
+    rgba: np.ndarray | None = None
     err: np.ndarray | None = None
     ref: np.ndarray | None = None
     seconds: float = 0.0
@@ -81,6 +81,7 @@ class Predictor:
         self.source = source
         self.padding = padding
         self.target = target or runner.name
+        self.spec: ModelSpec | None = None  # what from_spec loaded (reports show it)
         self._owns_activation = not runner.is_active
         if self._owns_activation:
             runner.activate()
@@ -166,7 +167,9 @@ class Predictor:
         """
         runner, target, config = spec.create_runner(model_config, shared_cores, precision, cache_dir)
         log.info("loading %s on target %s", spec.source, target.name)
-        return cls(runner, config.model_type, config, source=spec.source, padding=spec.padding, target=target.name)
+        predictor = cls(runner, config.model_type, config, source=spec.source, padding=spec.padding, target=target.name)
+        predictor.spec = spec
+        return predictor
 
     @classmethod
     def from_runner(cls, runner: BaseRunner, model_config: ModelConfig | None = None,
@@ -217,6 +220,8 @@ class Predictor:
             "io_dtype": self._dtype.name,
             "model_config": self.model_config.to_dict() if self.model_config is not None else None,
             "weights": self.model_config.weights_label if self.model_config is not None else "unknown",
+            "padding": self.padding,
+            "spec": self.spec.to_dict() if self.spec is not None else None,
         }
 
     # -- inference -------------------------------------------------------------------------
@@ -228,7 +233,7 @@ class Predictor:
                 a PIL image, or a torch tensor ``(3, H, W)`` / ``(N, 3, H, W)``. Floats must be in
                 0..1; grayscale and alpha channels are converted.
             bgr: the background without the subject, same size as ``src``.
-            outputs: any of ``pha``, ``fgr``, ``com``, ``err``, ``ref``.
+            outputs: any of ``pha``, ``fgr``, ``rgba``, ``err``, ``ref``.
 
         Raises:
             UsageError: unknown outputs, an output the model file lacks, bad image arrays, or
@@ -260,9 +265,9 @@ class Predictor:
             result.pha = pha
         if "fgr" in wanted:
             result.fgr = fgr
-        if "com" in wanted and pha is not None and fgr is not None:
+        if "rgba" in wanted and pha is not None and fgr is not None:
             rgb = to_uint8(fgr * (pha[..., None] > 0))
-            result.com = np.concatenate([rgb, to_uint8(pha)[..., None]], axis=-1)
+            result.rgba = np.concatenate([rgb, to_uint8(pha)[..., None]], axis=-1)
         if "err" in wanted:
             err = maps["err_sm" if self.model_type == "refine" else "err"]
             result.err = _resize_bilinear(err, padded)[:, 0, :height, :width]

@@ -14,6 +14,7 @@ is explained (warning); different values under the same selection is a failure.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -26,6 +27,7 @@ from exporters.atomic import atomic_open, atomic_write_text
 from exporters.metadata import fixed_input_shape, read_metadata
 from exporters.paths import check_input_file, check_output_dir, check_output_file
 from model.config import ModelConfig, check_resolution
+from model.demo import demo_checkpoint_for
 from model.errors import ImageError, UsageError
 from runtimes import create_runner
 
@@ -617,6 +619,9 @@ def verify(model_path: str | Path, config: VerifyConfig | None = None, progress:
                          "--checkpoint does not apply to it (drop it, or verify a model exported from that checkpoint)")
     io_dtype = np.dtype(metadata.export.get("io_dtype", "float32"))
     precision = "float16" if metadata.export.get("precision") == "fp16" else "float32"
+    if config.checkpoint is None and demo_checkpoint_for(model_config.checkpoint_sha256) is not None:
+        config = dataclasses.replace(config, checkpoint=str(demo_checkpoint_for(model_config.checkpoint_sha256)))
+        say("reference weights: the bundled demo weights (the file was exported from them)")
     if model_config.checkpoint_sha256 is not None and config.checkpoint is None:
         raise UsageError(
             f"{path} was exported from a checkpoint (sha256 {model_config.checkpoint_sha256[:12]}…); "

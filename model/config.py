@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .demo import DEMO_SHA256
 from .errors import UsageError
 from .spec import BACKBONES, DEFAULT_CROP_METHOD, DEFAULT_REPLACE_METHOD, MAX_SIDE, MODEL_TYPES, refine_settings_error
 
@@ -163,6 +164,8 @@ class ModelConfig:
         """Human-readable origin of the weights."""
         if self.checkpoint_sha256 is None:
             return f"synthetic (seed {self.seed})"
+        if self.checkpoint_sha256 == DEMO_SHA256:
+            return "demo weights (trained on synthetic composites, not the official weights)"
         return f"checkpoint sha256 {self.checkpoint_sha256[:12]}…"
 
     def replace(self, **changes: Any) -> ModelConfig:

@@ -24,3 +24,21 @@ def demo_available() -> bool:
     except OSError:
         return False
     return hashlib.sha256(data).hexdigest() == DEMO_SHA256
+
+
+def demo_fits(config: object) -> bool:
+    """Whether the demo weights fit a model config (a mobilenetv2 MattingRefine, kernel 3)."""
+    return (getattr(config, "backbone", None) == DEMO_BACKBONE and getattr(config, "model_type", None) == "refine"
+            and getattr(config, "refine_kernel_size", None) == 3)
+
+
+def demo_checkpoint_for(sha256: str | None) -> Path | None:
+    """The demo weights file when ``sha256`` is theirs (a file exported from them records it),
+    so verifying such a file needs no ``--checkpoint``; None otherwise."""
+    if sha256 == DEMO_SHA256 and DEMO_WEIGHTS_PATH.is_file():
+        return DEMO_WEIGHTS_PATH
+    return None
+
+
+DEMO_NOTE = ("demo weights (trained here on synthetic composites, not the official weights: far less accurate; pass "
+             "--checkpoint pytorch_mobilenetv2.pth for real mattes, --seed N for synthetic test weights)")

@@ -132,7 +132,7 @@ def _openvino() -> object:
 
 def test_openvino_verify_passes_at_f32(legacy_onnx: Path) -> None:
     _openvino()
-    report = verify(legacy_onnx, dataclasses.replace(SMALL_VERIFY, runtime="openvino"))
+    report = verify(legacy_onnx, dataclasses.replace(SMALL_VERIFY, target="openvino-cpu"))
     assert report.passed and report.provider == "openvino:CPU/f32"
 
 
@@ -147,10 +147,10 @@ def test_openvino_reduced_precision_fails_verify(legacy_onnx: Path) -> None:
     facts = cpu_precision_facts()
     if "BF16" not in facts["optimization_capabilities"]:
         pytest.skip(f"this CPU has no bf16 in OpenVINO ({facts}); its default is f32, nothing to fail here")
-    bf16 = verify(legacy_onnx, dataclasses.replace(SMALL_VERIFY, runtime="openvino", openvino_precision="bf16"))
+    bf16 = verify(legacy_onnx, dataclasses.replace(SMALL_VERIFY, target="openvino-cpu", options={"precision": "bf16"}))
     assert not bf16.passed and bf16.provider == "openvino:CPU/bf16"
     if "bf16" in facts["default_inference_precision"] or "bfloat16" in facts["default_inference_precision"]:
-        default = verify(legacy_onnx, dataclasses.replace(SMALL_VERIFY, runtime="openvino", openvino_precision="default"))
+        default = verify(legacy_onnx, dataclasses.replace(SMALL_VERIFY, target="openvino-cpu", options={"precision": "default"}))
         assert not default.passed and default.provider == "openvino:CPU/bf16"
     result = CliRunner().invoke(
         cli, ["verify", str(legacy_onnx), "--runtime", "openvino", "--openvino-precision", "bf16",

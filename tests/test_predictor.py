@@ -19,7 +19,7 @@ from bgm_deploy.predictor import Predictor  # noqa: E402
 from model.errors import UsageError  # noqa: E402
 from runtimes import BaseRunner, TensorMeta, create_runner  # noqa: E402
 
-ALL = ("pha", "fgr", "com", "err", "ref")
+ALL = ("pha", "fgr", "rgba", "err", "ref")
 # The fp32 parity tolerance of the whole suite (exported graphs vs eager PyTorch differ by
 # ~2e-6 on these synthetic weights).
 ATOL = 1e-4
@@ -62,7 +62,7 @@ def test_same_results_through_every_runner(models: dict[str, Path], pair: tuple[
     for label in ("onnxruntime", "torchscript"):
         for name in ("pha", "fgr", "err"):
             np.testing.assert_allclose(getattr(results[label], name), getattr(reference, name), atol=ATOL, err_msg=f"{label} {name}")
-        assert np.abs(results[label].com.astype(int) - reference.com.astype(int)).max() <= 2
+        assert np.abs(results[label].rgba.astype(int) - reference.rgba.astype(int)).max() <= 2
         assert np.array_equal(results[label].ref, reference.ref), label
 
 
@@ -74,7 +74,7 @@ def test_openvino_same_results_as_pytorch(models: dict[str, Path], pair: tuple[n
         got, reference = ov.predict(*pair, outputs=ALL), pt.predict(*pair, outputs=ALL)
     for name in ("pha", "fgr", "err"):
         np.testing.assert_allclose(getattr(got, name), getattr(reference, name), atol=ATOL, err_msg=f"openvino {name}")
-    assert np.abs(got.com.astype(int) - reference.com.astype(int)).max() <= 2
+    assert np.abs(got.rgba.astype(int) - reference.rgba.astype(int)).max() <= 2
     assert np.array_equal(got.ref, reference.ref)
 
 
@@ -84,14 +84,14 @@ def test_outputs_have_the_input_size_and_documented_types(onnx_predictor: Predic
     assert result.pha.shape == (height, width) and result.pha.dtype == np.float32
     assert result.fgr.shape == (height, width, 3) and result.fgr.dtype == np.float32
     assert result.err.shape == (height, width) and result.ref.shape == (height, width)
-    assert result.com.shape == (height, width, 4) and result.com.dtype == np.uint8
+    assert result.rgba.shape == (height, width, 4) and result.rgba.dtype == np.uint8
     assert 0 <= result.pha.min() and result.pha.max() <= 1 and 0 <= result.err.min() and result.err.max() <= 1
     assert set(np.unique(result.ref)) <= {0.0, 1.0} and result.ref.any()
-    np.testing.assert_array_equal(result.com[..., 3], to_uint8(result.pha))
-    assert not result.com[..., :3][result.pha == 0].any()
+    np.testing.assert_array_equal(result.rgba[..., 3], to_uint8(result.pha))
+    assert not result.rgba[..., :3][result.pha == 0].any()
     assert result.seconds > 0
     default = onnx_predictor.predict(*pair)
-    assert default.com is None and default.err is None and default.ref is None
+    assert default.rgba is None and default.err is None and default.ref is None
 
 
 def test_padding_is_cropped_back(onnx_predictor: Predictor, pair: tuple[np.ndarray, np.ndarray]) -> None:
@@ -142,8 +142,8 @@ def test_bad_inputs_are_usage_errors(onnx_predictor: Predictor, pair: tuple[np.n
 def test_outputs_missing_from_the_model_are_reported(pair: tuple[np.ndarray, np.ndarray]) -> None:
     runner = create_runner("pytorch", model_config=model_files.TEST_CONFIG, outputs=("pha", "fgr"))
     with Predictor.from_runner(runner) as predictor:
-        assert predictor.available_outputs == ("pha", "fgr", "com")
-        assert predictor.predict(*pair, outputs=("com",)).com is not None
+        assert predictor.available_outputs == ("pha", "fgr", "rgba")
+        assert predictor.predict(*pair, outputs=("rgba",)).rgba is not None
         with pytest.raises(UsageError, match="err not available"):
             predictor.predict(*pair, outputs=("pha", "err"))
     assert not runner.is_active

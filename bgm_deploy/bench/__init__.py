@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+from PIL import Image
 
 from exporters.metadata import detect_format, read_metadata
 from exporters.paths import check_input_file, check_output_dir, check_output_file
@@ -30,7 +31,8 @@ from model.errors import BgmDeployError, RuntimeUnavailableError, UsageError
 from model.spec import BACKBONE_SCALE_RANGE, MAX_SAMPLE_PIXELS, MAX_SIDE, MIN_SAMPLE_PIXELS
 
 from ..environment import environment_info
-from ..images import BUNDLED_PAIRS_DIR
+from ..images import BUNDLED_PAIRS_DIR, load_image, resize_rgb
+from ..metrics import matting_scores
 from .backends import (
     ORIGINAL_BACKEND,
     PRECISIONS,
@@ -116,6 +118,7 @@ class BenchConfig:
         onnx_exporter: ``"legacy"`` or ``"dynamo"`` for the ONNX exports; None = the
             exporter's default (what ``bgm-deploy export`` writes).
         count_flops: count FLOPs and measure the GEMM peak.
+        quality: score each row's alpha against the bundled pairs' ground truth (alpha MSE/SAD).
         workdir: where exports go (None: a temporary directory, removed afterwards).
         json_path / markdown_path / plot_path: report files to write.
     """
@@ -136,6 +139,7 @@ class BenchConfig:
     seed: int = 0
     onnx_exporter: str | None = None
     count_flops: bool = True
+    quality: bool = True
     workdir: Path | None = None
     json_path: Path | None = None
     markdown_path: Path | None = None
@@ -470,6 +474,7 @@ class _Run:
             cycle = itertools.cycle(calls)
             self.say(f"timing {label} ({config.timing.describe()})…")
             stats = summarize(measure(lambda: next(cycle)(), config.timing, backend.timer), config.batch)
+            quality = _quality(backend, size) if config.quality else None
             flops = self._count_flops(model, size) if config.count_flops else None
             peak = self.peaks.get("cuda" if _on_gpu(backend) else "cpu")
             achieved = flops * config.batch / (stats.median_ms / 1e3) / 1e9 if flops else None
@@ -486,6 +491,8 @@ class _Run:
                 mode=config.mode,
                 refined_fraction=float(np.mean(refined)) if refined else None,
                 model_file=str(job.model_file) if job.model_file and backend_name != "eager" else None,
+                alpha_mse=quality[0] if quality else None,
+                alpha_sad=quality[1] if quality else None,
             )
             self._add(BenchResult(
                 scope="compute",
@@ -554,6 +561,26 @@ class _Run:
                 speedup_vs_original=speedup(baseline.stats, r.stats) if baseline else None,
             ))
         self.results = updated
+
+
+def _quality(backend: Any, size: tuple[int, int]) -> tuple[float, float] | None:
+    """Mean alpha MSE and SAD/1000 of ``backend`` on the bundled pairs (with ground truth),
+    resized to ``size``, through the runner: what this row's runtime and precision cost in
+    matte quality. None when the file has no ``pha`` output."""
+    mses, sads = [], []
+    for folder in sorted(p for p in BUNDLED_PAIRS_DIR.iterdir() if p.is_dir()):
+        src, bgr = (resize_rgb(load_image(folder / f"{kind}.jpg"), size) for kind in ("src", "bgr"))
+        truth = Image.open(folder / "alpha.png").convert("L").resize(size, Image.Resampling.BILINEAR)
+        feeds = {name: (image.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255))
+                 for name, image in (("src", src), ("bgr", bgr))}
+        outputs = backend.infer(feeds)
+        if "pha" not in outputs:
+            return None
+        pha = np.clip(np.asarray(outputs["pha"], dtype=np.float32)[0, 0], 0, 1)
+        scores = matting_scores(pha, np.asarray(truth, dtype=np.float32) / np.float32(255))
+        mses.append(scores.mse)
+        sads.append(scores.sad)
+    return float(np.mean(mses)), float(np.mean(sads))
 
 
 def _on_gpu(backend: Any) -> bool:

@@ -49,7 +49,10 @@ class BenchResult:
     ``speedup_vs_eager`` is the ratio of eager PyTorch's median to this row's (same model,
     resolution, precision and scope), None without an eager row; ``speedup_vs_original``
     the same against the original project's ONNX recipe (the ``onnx-original`` row; a
-    latency ratio of ``1 / speedup_vs_original``). ``flops`` counts one
+    latency ratio of ``1 / speedup_vs_original``). ``alpha_mse``/``alpha_sad`` are the row's matte
+    quality: the mean MSE and SAD (/1000) of its alpha against the ground truth of the bundled
+    real pairs resized to the row's resolution (what a runtime or precision costs in quality;
+    meaningful with real weights). ``flops`` counts one
     frame in the fixed-sampling configuration; ``peak_fraction`` is the achieved FLOP/s
     over the device's measured GEMM peak.
     """
@@ -74,6 +77,8 @@ class BenchResult:
     peak_fraction: float | None = None
     stages: tuple[StageResult, ...] = ()
     model_file: str | None = None
+    alpha_mse: float | None = None
+    alpha_sad: float | None = None
 
     @property
     def resolution(self) -> str:
@@ -150,7 +155,7 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
 
 # -- table / markdown ------------------------------------------------------------------------
 COLUMNS = ("backend", "model", "resolution", "precision", "scope", "median ms", "p99 ms", "fps", "vs eager", "vs original",
-           "CV", "refined")
+           "CV", "refined", "alpha MSE")
 
 
 def _pixels(count: int) -> str:
@@ -174,6 +179,7 @@ def _row(result: BenchResult) -> list[str]:
         "-" if result.speedup_vs_original is None else f"{result.speedup_vs_original:.2f}x",
         f"{s.cv:.3f}{'!' if s.is_noisy else ''}",
         "-" if result.refined_fraction is None else f"{100 * result.refined_fraction:.2f}%",
+        "-" if result.alpha_mse is None else f"{result.alpha_mse:.4f}",
     ]
 
 

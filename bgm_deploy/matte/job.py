@@ -11,6 +11,7 @@ writes one report. An interrupt keeps finished outputs and leaves no partial fil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -23,12 +24,20 @@ from typing import Any
 from exporters.atomic import atomic_write_text
 from exporters.paths import check_output_dir, check_output_file
 from model.config import sample_pixels_note
+from model.demo import DEMO_NOTE, DEMO_WEIGHTS_PATH, demo_available
 from model.errors import UsageError, VideoError
 
 from ..model_spec import ModelSpec
 from ..predictor import Predictor
 from ..serve.client import TritonMatteClient
 from .align import import_cv2
+from .cluster import (
+    ClusterOptions,
+    check_cluster_job,
+    check_cluster_spec,
+    matte_footage_on_cluster,
+    matte_photos_on_cluster,
+)
 from .footage import FootageSink, is_video_job, open_footage, output_path, plan_outputs
 from .options import LAYOUTS, MatteOptions
 from .photos import PairResult, PhotoSink, PhotoSource, existing_outputs, find_pairs, output_paths
@@ -50,13 +59,16 @@ class ServerOptions:
         urls: ``http://HOST:PORT`` / ``grpc://HOST:PORT``.
         model_name: the served model's name.
         concurrency: requests in flight over all servers (order is kept).
-        shared_memory: pass images through Triton's system shared memory (same host only).
+        shared_memory: pass images through Triton's system shared memory (same host only);
+            None: on when every server is on this machine (the client's rule).
+        padding: how the client pads sizes that are not a multiple of 4 (``replicate``, ``reflect``).
     """
 
     urls: tuple[str, ...]
     model_name: str = "bgm"
     concurrency: int = 4
-    shared_memory: bool = False
+    shared_memory: bool | None = None
+    padding: str = "replicate"
 
 
 @dataclass
@@ -83,6 +95,7 @@ class MatteReport:
     warnings: list[str] = field(default_factory=list)
     partial: bool = False
     seconds: float = 0.0
+    cluster: dict[str, Any] = field(default_factory=dict)
 
     @property
     def kind(self) -> str:
@@ -107,14 +120,20 @@ class MatteReport:
                      f"{self.count('unmatched')} without background"]
             if self.unmatched_backgrounds:
                 parts.append(f"{len(self.unmatched_backgrounds)} unused backgrounds")
-            return f"{', '.join(parts)} in {self.seconds:.1f} s{rate}; outputs in {self.output}"
+            return f"{', '.join(parts)} in {self.seconds:.1f} s{rate}{self._on_cluster()}; outputs in {self.output}"
         matted = self.counts.get("matted", 0)
         fps = matted / self.seconds if self.seconds > 0 else 0.0
         skipped = f", {self.counts['skipped']} already done" if self.counts.get("skipped") else ""
         lost = f", {self.counts['lost']} lost to decode errors" if self.counts.get("lost") else ""
         outs = ", ".join(f"{kind} → {path}" for kind, path in self.outputs.items())
         return (f"{matted} frames matted{skipped}{lost} in {self.seconds:.1f} s ({fps:.2f} fps, model "
-                f"{self.stages.infer:.1f} s, decode {self.stages.decode:.1f} s); {outs}")
+                f"{self.stages.infer:.1f} s, decode {self.stages.decode:.1f} s{self._on_cluster()}); {outs}")
+
+    def _on_cluster(self) -> str:
+        if not self.cluster or not self.cluster.get("workers"):
+            return ""
+        return (f" on {self.cluster['workers']} Ray worker(s), {self.cluster['nodes']} node(s), "
+                f"{self.cluster['retries']} retries")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -171,8 +190,8 @@ def _open_predictor(model: ModelSpec | Any, servers: ServerOptions | None, optio
     if servers is not None:
         say(f"connecting to {', '.join(servers.urls)} ...")
         client = TritonMatteClient(servers.urls, model_name=servers.model_name, concurrency=servers.concurrency,
-                                   shared_memory=servers.shared_memory,
-                                   padding=model.padding if isinstance(model, ModelSpec) else "replicate")
+                                   shared_memory=servers.shared_memory, padding=servers.padding)
+        say(f"shared memory: {client.shared_memory_note}")
         return client, True
     if not isinstance(model, ModelSpec):
         return model, False
@@ -217,6 +236,7 @@ def matte(
     progress: Progress | None = None,
     status: Status | None = None,
     sequence: bool = False,
+    cluster: ClusterOptions | None = None,
 ) -> MatteReport:
     """Mattes photos or footage into ``output``.
 
@@ -236,6 +256,8 @@ def matte(
         progress: called after each unit with ``(done, total, unit, outcome, error)``.
         status: called with a line about slow phases (loading the model).
         sequence: ``src`` is a folder of numbered frames of one clip.
+        cluster: run on a Ray cluster (:mod:`.cluster`): photo pairs and clip segments as tasks
+            on workers that each load ``model`` (a spec), outputs on shared storage.
 
     Returns:
         The report (``ok`` False when something was not matted).
@@ -253,26 +275,38 @@ def matte(
         model = ModelSpec(model=str(model))
     footage = is_video_job(src, bgr, sequence, options.src_format)
     live = options.src_format is not None or is_live(src)
+    if sequence and not Path(src).is_dir():
+        raise UsageError(f"--sequence: --src {src} is not a folder of numbered frames; drop --sequence for a video file")
+    if options.src_format is not None and Path(src).is_dir():
+        raise UsageError(f"--src-format applies to live sources (a device, a URL) and to files FFmpeg reads with that "
+                         f"format, not to the folder {src}; drop it")
     options.check_for("video" if footage else "photos", sequence=sequence or (Path(src).is_dir() and footage), live=live)
     if servers is not None and isinstance(model, Predictor):
         raise UsageError("--server sends the work to running servers; drop --model/--checkpoint")
     if servers is None and (model is None or isinstance(model, ModelSpec) and model.is_empty):
-        raise UsageError("no model to matte with: pass --model FILE (an exported model), --checkpoint FILE (PyTorch "
-                         "weights) or --server URL")
+        if not demo_available():
+            raise UsageError("no model to matte with: pass --model FILE (an exported model), --checkpoint FILE (PyTorch "
+                             "weights) or --server URL")
+        model = dataclasses.replace(model or ModelSpec(), checkpoint=str(DEMO_WEIGHTS_PATH))
+        say(f"no model given: using the {DEMO_NOTE}")
+    if cluster is not None:
+        check_cluster_job(options, footage, live, sequence, servers, model)
     spec = model if isinstance(model, ModelSpec) else None
     check_matte_paths(src, bgr, output, spec, report_path, options.backdrop)
-    if spec is not None and servers is None:
+    if spec is not None and cluster is not None:
+        check_cluster_spec(spec)  # a GPU target's device is the workers' to check
+    elif spec is not None and servers is None:
         spec.check()  # the target runs the format and is usable here, before any decoding
     if options.align:
         import_cv2()  # fail before loading the model, with the install hint
     if footage:
-        return _matte_footage(src, bgr, output, model, options, servers, report_path, progress, say, started)
-    return _matte_photos(src, bgr, output, model, options, servers, report_path, progress, say, started)
+        return _matte_footage(src, bgr, output, model, options, servers, report_path, progress, say, started, cluster)
+    return _matte_photos(src, bgr, output, model, options, servers, report_path, progress, say, started, cluster)
 
 
 def _matte_photos(src: str | Path, bgr: str | Path, output: Path, model: Any, options: MatteOptions,
                   servers: ServerOptions | None, report_path: str | Path | None, progress: Progress | None,
-                  say: Status, started: float) -> MatteReport:
+                  say: Status, started: float, cluster: ClusterOptions | None = None) -> MatteReport:
     plan = find_pairs(src, bgr)
     report = MatteReport({"kind": "photos", "path": str(src)}, str(bgr), str(output), {},
                          {**options.to_dict(), "src": str(src), "bgr": str(bgr)},
@@ -295,6 +329,15 @@ def _matte_photos(src: str | Path, bgr: str | Path, output: Path, model: Any, op
     counts = Counts()
     predictor, owned = None, False
     try:
+        if cluster is not None:
+            for done, item in enumerate(known, 1):
+                if progress is not None:
+                    progress(done, len(plan.pairs) + len(known), Unit(Path(item.src).stem, -1, meta=item), item.status,
+                             item.error)
+            report.model, report.cluster = matte_photos_on_cluster(
+                plan.pairs, output, model, options, cluster, report.items, report.stages, progress, say,
+                offset=len(known))
+            return report
         source = PhotoSource(plan, options, options.backdrop_value)
         sink = PhotoSink(output, options, report.items, report.stages, len(plan.pairs))
         needs_model = any(not sink.done(Unit(pair.name, 0, meta=pair)) for pair in plan.pairs)
@@ -367,7 +410,7 @@ def _check_src_format(av: Any, options: MatteOptions) -> None:
 
 def _matte_footage(src: str | Path, bgr: str | Path, output: Path, model: Any, options: MatteOptions,
                    servers: ServerOptions | None, report_path: str | Path | None, progress: Progress | None,
-                   say: Status, started: float) -> MatteReport:
+                   say: Status, started: float, cluster: ClusterOptions | None = None) -> MatteReport:
     av = import_av()
     _check_src_format(av, options)
     footage = open_footage(src, bgr, options)
@@ -388,6 +431,7 @@ def _matte_footage(src: str | Path, bgr: str | Path, output: Path, model: Any, o
         report.formats = {kind: fmt.name for kind, fmt in plan.formats.items()}
         report.outputs.update(plan.done)
         if not plan.todo:
+            report.counts = {"read": 0, "matted": 0, "skipped": 0, "lost": 0, "written": 0}
             report.warnings.append("every output is complete already (skip_existing): nothing to do")
             return report
         odd = [kind for kind in plan.todo if not plan.formats[kind].is_sequence
@@ -395,6 +439,13 @@ def _matte_footage(src: str | Path, bgr: str | Path, output: Path, model: Any, o
         if odd:
             _warn(report, f"odd size {size[0]}x{size[1]}: {', '.join(odd)} encoded as 4:4:4, which some players cannot "
                           "show; crop or --resize to an even size for 4:2:0")
+        if cluster is not None:
+            report.model, report.cluster, outputs, report.counts, notes = matte_footage_on_cluster(
+                src, bgr, output, model, options, info, {kind: plan.formats[kind] for kind in plan.todo}, plan.todo,
+                cluster, report.stages, progress, say)
+            report.outputs.update(outputs)
+            report.warnings += notes
+            return report
         predictor, owned = _open_predictor(model, servers, options, True, say)
         report.model = predictor.describe()
         _check_outputs_available(predictor, options)

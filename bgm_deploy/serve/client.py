@@ -152,7 +152,9 @@ class TritonMatteClient:
         model_name: the served model's name.
         concurrency: requests in flight at most (over all servers).
         shared_memory: send images and receive results through Triton's system shared memory
-            (every server must be on this machine).
+            (every server must be on this machine). None: on when every server is on this
+            machine (127.0.0.1/localhost) and a probe region registers, else off (measured:
+            the fastest transport on one host, benchmarks/results/serve.json).
         timeout: seconds per request.
         padding: ``"replicate"`` or ``"reflect"`` padding to the model's multiple (cropped off).
 
@@ -166,7 +168,7 @@ class TritonMatteClient:
         urls: str | Sequence[str],
         model_name: str = "bgm",
         concurrency: int = DEFAULT_CONCURRENCY,
-        shared_memory: bool = False,
+        shared_memory: bool | None = None,
         timeout: float = 120.0,
         padding: str = "replicate",
     ) -> None:
@@ -178,8 +180,11 @@ class TritonMatteClient:
         if padding not in PADDING_MODES:
             raise UsageError(f"padding={padding!r} is not valid; valid: {', '.join(PADDING_MODES)}")
         self.addresses = [ServerAddress.parse(url) for url in urls]
-        if shared_memory and not all(address.is_local for address in self.addresses):
+        local = all(address.is_local for address in self.addresses)
+        if shared_memory and not local:
             raise UsageError("shared_memory needs every server on this machine (127.0.0.1/localhost); drop --shared-memory for remote servers")
+        auto = shared_memory is None
+        shared_memory = local if auto else bool(shared_memory)
         self.model_name = model_name
         self.concurrency = concurrency
         self.shared_memory = shared_memory
@@ -195,6 +200,30 @@ class TritonMatteClient:
         # (and shared-memory regions), so they are made once, not per call.
         self._pool: ThreadPoolExecutor | None = None
         self.info = self._model_info()
+        self.shared_memory_note = "on" if self.shared_memory else "off"
+        if auto:
+            self._choose_shared_memory()
+
+    def _choose_shared_memory(self) -> None:
+        """Automatic shared memory: kept only if a small region registers with every server (a
+        server at 127.0.0.1 in another container or namespace cannot see this host's regions)."""
+        if not self.shared_memory:
+            self.shared_memory_note = "off (a server is not on this machine)"
+            return
+        for index, address in enumerate(self.addresses):
+            connection = self._connection(index)
+            probe = _ShmRegion(connection.client, f"bgm_{os.getpid()}_{id(self)}_probe")
+            try:
+                probe.ensure(1)
+            except Exception as exc:  # noqa: BLE001 - tritonclient's exception types differ per protocol
+                self.shared_memory = False
+                self.shared_memory_note = f"off ({address.url} cannot map this host's shared memory: {_first_line(exc)})"
+                for each in self._connections:
+                    each.regions = None
+                return
+            finally:
+                probe.release()
+        self.shared_memory_note = "on (every server is on this machine)"
 
     # -- setup -------------------------------------------------------------------------------
     def _connection(self, index: int) -> _Connection:
@@ -246,6 +275,7 @@ class TritonMatteClient:
             "model_name": self.model_name,
             "io_dtype": self.info.io_dtype.name,
             "concurrency": self.concurrency,
+            "padding": self.padding,
         }
 
     def close(self) -> None:
@@ -299,7 +329,7 @@ class TritonMatteClient:
         result = Prediction(seconds=seconds)
         for name in wanted:
             value = raw[name][:, :height, :width]
-            if name != "com":
+            if name != "rgba":
                 # One pass, one allocation (an HD fgr is 6 M values).
                 value = np.divide(value, np.float32(255), dtype=np.float32) if value.dtype == np.uint8 else value
             setattr(result, name, value if batched else value[0])
@@ -334,8 +364,10 @@ class TritonMatteClient:
             raise UsageError(f"{name} must be a numpy array (H, W, 3) or (N, H, W, 3) or a PIL image, got {type(image).__name__}")
         batched = image.ndim == 4
         array = image if batched else image[None]
+        if array.ndim == 4 and array.shape[1] == 3 and array.shape[3] != 3:
+            array = array.transpose(0, 2, 3, 1)  # (N, 3, H, W), the Predictor's batch layout
         if array.ndim != 4 or array.shape[3] != 3:
-            raise UsageError(f"{name} has shape {image.shape}; expected (H, W, 3) or (N, H, W, 3) RGB")
+            raise UsageError(f"{name} has shape {image.shape}; expected (H, W, 3), (N, H, W, 3) or (N, 3, H, W) RGB")
         if array.dtype == self.info.io_dtype:
             return np.ascontiguousarray(array), batched
         if array.dtype == np.uint8:
@@ -371,8 +403,8 @@ class TritonMatteClient:
         datatype = "UINT8" if src.dtype == np.uint8 else "FP32"
         inputs = [module.InferInput("src", list(src.shape), datatype), module.InferInput("bgr", list(bgr.shape), datatype)]
         batch, height, width = src.shape[:3]
-        shapes = {"pha": (batch, height, width), "fgr": (batch, height, width, 3), "com": (batch, height, width, 4)}
-        dtypes = {name: (np.dtype(np.uint8) if name == "com" else self.info.io_dtype) for name in names}
+        shapes = {"pha": (batch, height, width), "fgr": (batch, height, width, 3), "rgba": (batch, height, width, 4)}
+        dtypes = {name: (np.dtype(np.uint8) if name == "rgba" else self.info.io_dtype) for name in names}
         if connection.regions is None:
             inputs[0].set_data_from_numpy(src)
             inputs[1].set_data_from_numpy(bgr)

@@ -25,6 +25,7 @@ import http.client
 import json
 import logging
 import socket
+import sys
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -194,3 +195,9 @@ class GuardServer(ThreadingHTTPServer):
     @property
     def port(self) -> int:
         return int(self.server_address[1])
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up mid-request (a closed keep-alive connection, a killed client)
+        is not the server's failure: one debug line, never a traceback on the console."""
+        error = sys.exc_info()[1]
+        log.debug("guard: connection from %s ended: %r", client_address, error)

@@ -4,7 +4,7 @@ Two flavours:
 
 * ``python`` — Triton's Python backend runs :mod:`bgm_deploy.triton_model` (our
   :class:`~bgm_deploy.predictor.Predictor` around an exported model). uint8 NHWC images in,
-  pha/fgr/com out, validation of every request. ``bgm-deploy serve`` serves this flavour
+  pha/fgr/rgba out, validation of every request. ``bgm-deploy serve`` serves this flavour
   with the ``tritonserver`` binary bundled in PyTriton, and the test suite loads it there.
 * ``onnxruntime`` — ``model.onnx`` for Triton's onnxruntime backend (the production Triton
   container): raw NCHW float tensors, dynamic batching, instance groups and optionally
@@ -38,13 +38,14 @@ from model.errors import MissingExtraError, ServeError, UsageError
 from ..export import export
 from ..model_spec import ModelSpec
 from ..predictor import Predictor
+from .kubernetes import KubernetesOptions, check_manifest_dir, write_manifests
 
 FLAVOURS = ("python", "onnxruntime")
 KINDS = {"cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 IO_DTYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
-SERVED_OUTPUTS = ("pha", "fgr", "com")
+SERVED_OUTPUTS = ("pha", "fgr", "rgba")
 # Channels of the python flavour's NHWC outputs (pha is (H, W)).
-_SERVED_CHANNELS = {"pha": None, "fgr": 3, "com": 4}
+_SERVED_CHANNELS = {"pha": None, "fgr": 3, "rgba": 4}
 # 4K: a larger image is refused with a clear error instead of exhausting the server's memory.
 DEFAULT_MAX_PIXELS = 3840 * 2160
 MODEL_PY = "model.py"
@@ -75,7 +76,7 @@ class TritonModelOptions:
         max_queue_delay_us: how long the batcher may hold a request to fill a batch.
         instances: model instances (the Python backend runs each in its own process).
         kind: ``"cpu"`` or ``"gpu"`` instances.
-        outputs: python flavour: any of pha, fgr, com; onnxruntime flavour: model outputs.
+        outputs: python flavour: any of pha, fgr, rgba; onnxruntime flavour: model outputs.
         io_dtype: python flavour: ``"uint8"`` (default: an HD float32 src+bgr pair is ~50 MB
             per request, uint8 ~12 MB) or ``"float32"`` images in 0..1.
         max_pixels: python flavour: larger images (H*W) are refused; 0 disables the limit.
@@ -167,7 +168,7 @@ def python_config_text(options: TritonModelOptions, model_type: str, spec: Model
         _add_tensor(message, "input", name, dtype, [-1, -1, 3])
     for name in options.outputs:
         channels = _SERVED_CHANNELS[name]
-        _add_tensor(message, "output", name, "TYPE_UINT8" if name == "com" else dtype,
+        _add_tensor(message, "output", name, "TYPE_UINT8" if name == "rgba" else dtype,
                     [-1, -1] if channels is None else [-1, -1, channels])
     params = {"model_type": model_type, "model_spec": spec.to_json(), "io_dtype": options.io_dtype,
               "max_pixels": str(options.max_pixels), "pad": "true" if options.pad else "false",
@@ -244,6 +245,7 @@ class TritonRepoReport:
     verified: str
     export: dict[str, Any] = field(default_factory=dict)
     schema_version: int = REPORT_SCHEMA_VERSION
+    manifests: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -345,7 +347,7 @@ def write_python_repository(
 def triton_export_outputs(flavour: str, outputs: tuple[str, ...] | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(served outputs, ONNX outputs to keep)`` for a flavour and the user's ``--outputs``.
 
-    The python flavour serves pha/fgr/com from an ONNX file with pha and fgr (com is made
+    The python flavour serves pha/fgr/rgba from an ONNX file with pha and fgr (rgba is made
     from both); the onnxruntime flavour serves the ONNX outputs themselves. Default: pha, fgr.
     """
     served = tuple(outputs) if outputs else ("pha", "fgr")
@@ -367,6 +369,8 @@ def export_triton(
     overwrite: bool = False,
     progress: Progress | None = None,
     json_path: str | Path | None = None,
+    kubernetes: KubernetesOptions | None = None,
+    manifests_dir: str | Path | None = None,
 ) -> TritonRepoReport:
     """Exports ``model_config`` to ONNX (:func:`bgm_deploy.export.export`) and writes a Triton
     model repository around it.
@@ -377,6 +381,9 @@ def export_triton(
             in the server's Python).
         onnx: an :class:`exporters.config.OnnxConfig`; with ``options.tensorrt`` its target is
             set to ``"tensorrt"`` (the TensorRT-safe graph).
+        kubernetes, manifests_dir: also write Kubernetes manifests that run the repository
+            (:mod:`bgm_deploy.serve.kubernetes`) into ``manifests_dir``; a GPU request when the
+            instances are GPU instances.
 
     Raises:
         UsageError, ExportError, ServeError, MissingExtraError.
@@ -389,6 +396,11 @@ def export_triton(
     # Fail before the slow export: no extra, or nowhere to write.
     import_model_config_pb2()
     check_target(Path(repository), options.name, overwrite)
+    if (kubernetes is None) != (manifests_dir is None):
+        raise UsageError("Kubernetes manifests need both a folder (--k8s DIR) and where the repository will live "
+                         "(--model-uri)")
+    if manifests_dir is not None:
+        check_manifest_dir(manifests_dir, overwrite)
     if json_path is not None:
         check_output_file(json_path, "--json", inputs=[("--checkpoint", checkpoint)])
     onnx_config = onnx or OnnxConfig()
@@ -417,6 +429,10 @@ def export_triton(
     files = sorted(str(path.relative_to(target.parent)) for path in target.rglob("*") if path.is_file())
     say(f"triton repository: {target} ({flavour}; {verified})")
     result = TritonRepoReport(str(Path(repository)), str(target), flavour, files, asdict(options), verified, report.export)
+    if kubernetes is not None and manifests_dir is not None:
+        kubernetes = dataclasses.replace(kubernetes, gpu=options.kind == "gpu")
+        result.manifests = write_manifests(manifests_dir, kubernetes, overwrite=overwrite)
+        say(f"kubernetes manifests: {', '.join(result.manifests)} (schema-validated offline, not applied to a cluster)")
     if json_path is not None:
         atomic_write_text(json_path, json.dumps(result.to_dict(), indent=2))
     return result

@@ -12,7 +12,7 @@ Tensors (per request, with the batch axis in front):
 * inputs ``src``, ``bgr``: ``(N, H, W, 3)`` UINT8 (0..255) or FP32 (0..1), the layout image
   decoders produce, so a client sends its decoded frames without a transpose.
 * outputs ``pha`` ``(N, H, W)``, ``fgr`` ``(N, H, W, 3)`` in the input's type (uint8 rounded
-  like :func:`bgm_deploy.images.to_uint8`, or float32 0..1), ``com`` ``(N, H, W, 4)`` uint8 RGBA.
+  like :func:`bgm_deploy.images.to_uint8`, or float32 0..1), ``rgba`` ``(N, H, W, 4)`` uint8 RGBA.
 
 Every bad request gets its own error response; the other requests of the same batch and
 the server are unaffected.
@@ -146,7 +146,7 @@ class TritonPythonModel:
                 tensors = []
                 for name in self.outputs:
                     value = getattr(prediction, name)[start : start + count]
-                    if name != "com" and self.io_dtype == np.uint8:
+                    if name != "rgba" and self.io_dtype == np.uint8:
                         value = _to_uint8(value)
                     tensors.append(_tensor(name, value))
                 responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)

@@ -117,11 +117,11 @@ def test_lossless_outputs_equal_the_predictor_frame_by_frame(clips: dict[str, An
     sources = decode(clips["cfr"])
     assert len(sources) == len(fgr_frames) == len(rgba_frames) == FRAMES
     for index, frame in enumerate(sources):
-        expected = predictor.predict(frame.to_ndarray(format="rgb24"), plate, ("pha", "fgr", "com"))
+        expected = predictor.predict(frame.to_ndarray(format="rgb24"), plate, ("pha", "fgr", "rgba"))
         pha = np.asarray(Image.open(out / "pha" / f"{index:06d}.png"))
         np.testing.assert_array_equal(pha, to_uint8(expected.pha), err_msg=f"pha frame {index}")
         np.testing.assert_array_equal(fgr_frames[index], to_uint8(expected.fgr), err_msg=f"fgr frame {index}")
-        np.testing.assert_array_equal(rgba_frames[index], expected.com, err_msg=f"rgba frame {index}")
+        np.testing.assert_array_equal(rgba_frames[index], expected.rgba, err_msg=f"rgba frame {index}")
 
 
 def test_video_outputs_keep_timestamps_audio_size_and_count(clips: dict[str, Any], predictor: Predictor,

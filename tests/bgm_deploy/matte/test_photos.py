@@ -138,8 +138,9 @@ def test_usage_errors(tmp_path: Path, onnx_model: Path, pairs_dir: Path, monkeyp
     assert code == 2 and "contains no images" in output
     code, output = _run("--src", str(pairs_dir / COFFEE / "src.jpg"), "--bgr", str(pairs_dir), "-o", str(tmp_path / "o"), "--model", str(onnx_model))
     assert code == 2 and "is a directory" in output
-    code, output = _run("--src", str(pairs_dir / COFFEE / "src.jpg"), "--bgr", str(pairs_dir / COFFEE / "bgr.jpg"), "-o", str(tmp_path / "o"))
-    assert code == 2 and "no model to matte with" in output
+    code, output = _run("--src", str(pairs_dir / COFFEE / "src.jpg"), "--bgr", str(pairs_dir / COFFEE / "bgr.jpg"),
+                        "-o", str(tmp_path / "demo"))
+    assert code == 0 and "no model given: using the demo weights" in output, output
     code, output = _run("--src", str(pairs_dir / COFFEE / "src.jpg"), "--bgr", str(pairs_dir / COFFEE / "bgr.jpg"),
                         "-o", str(tmp_path / "o"), "--model", str(onnx_model), "--outputs", "pha,alpha")
     assert code == 2 and "choose distinct names from pha, fgr, com, rgba, err, ref" in output

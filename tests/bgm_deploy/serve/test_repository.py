@@ -57,11 +57,11 @@ def test_export_triton_onnxruntime_with_tensorrt_accelerator(tmp_path: Path) -> 
 
 
 def test_python_config_parses_and_carries_parameters() -> None:
-    options = TritonModelOptions(name="m", outputs=("pha", "com"), io_dtype="float32", max_pixels=0, instances=3)
+    options = TritonModelOptions(name="m", outputs=("pha", "rgba"), io_dtype="float32", max_pixels=0, instances=3)
     message = validate_config_text(python_config_text(options, "refine", ModelSpec(model="model.onnx"), "cpu"))
     assert message.backend == "python" and message.instance_group[0].count == 3
     assert [(t.name, t.data_type) for t in message.output] == [
-        ("pha", model_config_pb2.TYPE_FP32), ("com", model_config_pb2.TYPE_UINT8)
+        ("pha", model_config_pb2.TYPE_FP32), ("rgba", model_config_pb2.TYPE_UINT8)
     ]
     assert message.parameters["io_dtype"].string_value == "float32"
     assert ModelSpec.from_json(message.parameters["model_spec"].string_value).model == "model.onnx"
