@@ -10,6 +10,10 @@ a fixed sampling budget with prevent-oversampling off so every frame refines exa
 ``bgm_deploy.export.export`` to each format: ``onnx`` (the default export, with its speed
 rewrites), ``executorch`` (.pte, XNNPACK), ``litert`` (.tflite, XNNPACK) and ``aoti`` (.pt2, its
 default dynamic shapes; one file per sample budget, serving any size). Core ML is not runnable on Linux.
+Rows name the options explicitly: a bare row is the static-K refiner without the ported speed
+rewrites, ``:rewrites`` with them (what ``export`` writes by default for ExecuTorch and LiteRT,
+decided from this benchmark), ``aoti:fixed`` a fixed-size AOTInductor file, ``onnx:static`` an ONNX
+file of the static-K refiner.
 Every runner is created through the target registry with the same thread count, fed the same
 bundled photo pair resized to the resolution, and timed interleaved (one call of each per
 round, so machine drift hits all alike); the reported latency is the median over rounds, the
@@ -36,8 +40,12 @@ from bgm_deploy.environment import cpu_model, environment_info
 from bgm_deploy.export import export
 from bgm_deploy.images import BUNDLED_PAIRS_DIR
 from bgm_deploy.verify import VerifyConfig, compare_case
+from exporters.config import OnnxConfig
+from exporters.onnx import onnx_from_torch
 from exporters.recipes import RecipeConfig
+from exporters.static_rewrites import target_patches
 from exporters.torch_program import package_version
+from model.checkpoint import build_model
 from model.config import ModelConfig
 from runtimes import create_runner
 from runtimes.targets import LoadRequest, get_target
@@ -105,11 +113,6 @@ def export_all(config: ModelConfig, size: tuple[int, int], folder: Path, rows: l
 def static_onnx(config: ModelConfig, size: tuple[int, int], path: Path) -> None:
     """The ``onnx:static`` row: an ONNX file of the static-K refiner with the ported rewrites
     (gather crop), to decide whether it should become the ONNX default (it removes NonZero)."""
-    from exporters.config import OnnxConfig
-    from exporters.onnx import onnx_from_torch
-    from exporters.static_rewrites import target_patches
-    from model.checkpoint import build_model
-
     resolved = config.resolved(size, ("gather", "scatter_element"))
     model = build_model(resolved).eval()
     onnx_from_torch(model, resolved, OnnxConfig(trace_resolution=size), path,

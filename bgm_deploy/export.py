@@ -30,6 +30,7 @@ from exporters.paths import check_input_file, check_output_file
 from exporters.preflight import PreflightReport, preflight_onnx
 from exporters.registered import Recipe, RecipeConfig, get_recipe
 from exporters.tensorrt import EngineConfig, EngineInfo, engine_from_onnx, import_tensorrt, require_gpu
+from exporters.static_export import example_inputs as recipe_inputs
 from exporters.torch_program import check_recipe_request
 from exporters.torchscript import torchscript_from_torch
 from model.checkpoint import build_model, config_for_checkpoint
@@ -394,8 +395,6 @@ def _recheck_recipe(recipe: Recipe, path: Path, model: torch.nn.Module, model_co
                     say: Progress, warnings: list[str]) -> dict[str, float] | None:
     """The file against eager PyTorch at the export size through the first usable target of
     its format; None (and a warning) when no target can run it here (Core ML off macOS)."""
-    from exporters.torch_program import example_inputs as recipe_inputs
-
     able = targets_for(recipe.format)
     usable = [t for t in able if t.device == "cpu" and t.why_unusable() is None]
     if not usable:

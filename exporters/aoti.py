@@ -23,7 +23,7 @@ import os
 import shutil
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from model.config import ModelConfig
 from model.errors import ExportError, ModelFileError
@@ -36,7 +36,6 @@ from .torch_program import (
     StaticOptions,
     check_recipe_request,
     error_line,
-    program_from_torch,
     recipe_metadata,
     rewrites_on,
 )
@@ -47,6 +46,8 @@ if TYPE_CHECKING:
 FORMAT = "aoti"
 SUFFIX = ".pt2"
 METADATA_KEY = "bgm_deploy"
+# The ported speed rewrites (exporters/static_rewrites.py) by default: not measured for this target.
+REWRITES = False
 OPTIONS = StaticOptions(index_dtype="int64")
 
 
@@ -76,15 +77,18 @@ def pt2_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeCo
     """
     import torch
 
+    from . import static_export  # deferred: torch; this module is read by --help for --format
+
     names = check_recipe_request(FORMAT, model_config, config)
+    patches = static_export.target_patches(model, OPTIONS, rewrites_on(config, REWRITES))
     dynamic = bool(config.options.get("dynamic", True))
     width, height = config.resolution
-    metadata = recipe_metadata(model_config, FORMAT, config, names, OPTIONS, dynamic, extra={"compiled_for": "cpu"})
+    metadata = recipe_metadata(model_config, FORMAT, config, names, OPTIONS, dynamic, extra={"rewrites": rewrites_on(config, REWRITES), "compiled_for": "cpu"})
     seconds: dict[str, float] = {}
     sizes = "dynamic batch/height/width" if dynamic else f"fixed {width}x{height}, batch {config.batch}"
     with stage(progress, "export", f"torch.export, {sizes} (static-K refiner)") as timing:
         try:
-            program = program_from_torch(model, model_config, config, names, _patches(model, config), dynamic)
+            program = static_export.program_from_torch(model, model_config, config, names, patches, dynamic)
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
             raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]
@@ -119,12 +123,6 @@ def read_pt2_metadata(path: Path) -> ExportMetadata:
         raise ModelFileError(f"{path}: has no bgm-deploy metadata (not exported by bgm-deploy) and no sidecar "
                              f"{sidecar_config_path(path).name}; re-export it with bgm-deploy export --format {FORMAT}")
     return ExportMetadata.from_json(stored[METADATA_KEY], str(path))
-
-
-def _patches(model: nn.Module, config: RecipeConfig) -> tuple[Any, ...]:
-    from .static_rewrites import target_patches
-
-    return target_patches(model, OPTIONS, rewrites_on(config))
 
 
 register_format(FileFormat(FORMAT, (SUFFIX,), read_pt2_metadata))

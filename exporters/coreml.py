@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from model.config import ModelConfig
 from model.errors import ExportError, ModelFileError
 
+from .config import CHANNELS
 from .metadata import METADATA_KEY, ExportMetadata, FileFormat, register_format, sidecar_config_path
 from .progress import stage
 from .recipes import ExportResult, Progress, Recipe, RecipeConfig, register_recipe
@@ -36,7 +37,6 @@ from .torch_program import (
     check_recipe_request,
     error_line,
     package_version,
-    program_from_torch,
     recipe_metadata,
     rewrites_on,
 )
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 FORMAT = "coreml"
 SUFFIX = ".mlpackage"
 INSTALL = 'pip install "bgm-deploy[coreml]"'
+# The ported speed rewrites (exporters/static_rewrites.py) by default: not measured for this target.
+REWRITES = False
 OPTIONS = StaticOptions(index_dtype="int32")
 # ML Programs with float32 compute need macOS 12 / iOS 15; top-k and scatter along one axis
 # are in that opset. The newest target coremltools 9.0 offers is not required.
@@ -79,15 +81,18 @@ def mlpackage_from_torch(model: nn.Module, model_config: ModelConfig, config: Re
     """
     import coremltools as ct
 
+    from . import static_export  # deferred: torch; this module is read by --help for --format
+
     names = check_recipe_request(FORMAT, model_config, config)
+    patches = static_export.target_patches(model, OPTIONS, rewrites_on(config, REWRITES))
     width, height = config.resolution
-    metadata = recipe_metadata(model_config, FORMAT, config, names, OPTIONS, dynamic=False, extra={
+    metadata = recipe_metadata(model_config, FORMAT, config, names, OPTIONS, dynamic=False, extra={"rewrites": rewrites_on(config, REWRITES), 
         "coremltools_version": package_version("coremltools"), "compute_precision": "float32",
         "minimum_deployment_target": DEPLOYMENT_TARGET, "predictions_verified": False})
     seconds: dict[str, float] = {}
     with stage(progress, "export", f"torch.export at {width}x{height}, batch {config.batch} (static-K refiner)") as timing:
         try:
-            program = program_from_torch(model, model_config, config, names, _patches(model, config)).run_decompositions({})
+            program = static_export.program_from_torch(model, model_config, config, names, patches).run_decompositions({})
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
             raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]
@@ -134,8 +139,6 @@ def check_mlpackage_spec(path: Path, metadata: ExportMetadata) -> list[str]:
     multi-array, and the shape (inputs: ``export["input_shape"]``; outputs: the batch and
     the channel count of :data:`exporters.config.CHANNELS`).
     """
-    from .config import CHANNELS
-
     spec = _spec(path)
     problems = []
     if spec.WhichOneof("Type") != "mlProgram":
@@ -170,12 +173,6 @@ def read_mlpackage_metadata(path: Path) -> ExportMetadata:
         raise ModelFileError(f"{path}: has no bgm-deploy metadata (user_defined_metadata {METADATA_KEY!r}) and no "
                              f"sidecar {sidecar_config_path(path).name}; re-export it with bgm-deploy export --format {FORMAT}")
     return ExportMetadata.from_json(stored[METADATA_KEY], str(path))
-
-
-def _patches(model: nn.Module, config: RecipeConfig) -> tuple[Any, ...]:
-    from .static_rewrites import target_patches
-
-    return target_patches(model, OPTIONS, rewrites_on(config))
 
 
 register_format(FileFormat(FORMAT, (SUFFIX,), read_mlpackage_metadata, directory=True))

@@ -31,7 +31,6 @@ from .torch_program import (
     check_recipe_request,
     error_line,
     package_version,
-    program_from_torch,
     recipe_metadata,
     rewrites_on,
 )
@@ -44,6 +43,8 @@ SUFFIX = ".pte"
 METADATA_METHOD = "bgm_deploy_json"
 INSTALL = 'pip install "bgm-deploy[executorch]"'
 # int64 top-k indices: an int32 build lowered but failed at run time (error 0x12).
+# The ported speed rewrites (exporters/static_rewrites.py) by default: measured faster here (benchmarks/results/targets_speed.json).
+REWRITES = True
 OPTIONS = StaticOptions(index_dtype="int64")
 
 
@@ -75,14 +76,17 @@ def pte_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeCo
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    from . import static_export  # deferred: torch; this module is read by --help for --format
+
     names = check_recipe_request(FORMAT, model_config, config)
+    patches = static_export.target_patches(model, OPTIONS, rewrites_on(config, REWRITES))
     width, height = config.resolution
-    metadata = recipe_metadata(model_config, FORMAT, config, names, OPTIONS, dynamic=False, extra={
+    metadata = recipe_metadata(model_config, FORMAT, config, names, OPTIONS, dynamic=False, extra={"rewrites": rewrites_on(config, REWRITES), 
         "executorch_version": package_version("executorch"), "delegate": "xnnpack"})
     seconds: dict[str, float] = {}
     with stage(progress, "export", f"torch.export at {width}x{height}, batch {config.batch} (static-K refiner)") as timing:
         try:
-            program = program_from_torch(model, model_config, config, names, _patches(model, config))
+            program = static_export.program_from_torch(model, model_config, config, names, patches)
         except Exception as exc:  # noqa: BLE001 - torch.export raises many unrelated types; re-raised as one
             raise ExportError(f"torch.export failed for --format {FORMAT}: {type(exc).__name__}: {error_line(exc)}") from exc
     seconds["export"] = timing["seconds"]
@@ -120,12 +124,6 @@ def read_pte_metadata(path: Path) -> ExportMetadata:
     method = program.load_method(METADATA_METHOD)
     data: Any = method.execute([])[0]
     return ExportMetadata.from_json(bytes(data.numpy().tolist()).decode(), str(path))
-
-
-def _patches(model: nn.Module, config: RecipeConfig) -> tuple[Any, ...]:
-    from .static_rewrites import target_patches
-
-    return target_patches(model, OPTIONS, rewrites_on(config))
 
 
 register_format(FileFormat(FORMAT, (SUFFIX,), read_pte_metadata))

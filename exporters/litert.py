@@ -32,7 +32,6 @@ from .torch_program import (
     package_version,
     recipe_metadata,
     rewrites_on,
-    select_outputs,
 )
 
 if TYPE_CHECKING:
@@ -41,6 +40,8 @@ if TYPE_CHECKING:
 FORMAT = "litert"
 SUFFIX = ".tflite"
 INSTALL = "pip install --no-deps -r requirements-litert.txt (litert-torch; README \"LiteRT\")"
+# The ported speed rewrites (exporters/static_rewrites.py) by default: measured faster here (benchmarks/results/targets_speed.json).
+REWRITES = True
 OPTIONS = StaticOptions(index_dtype="int32")
 
 
@@ -73,23 +74,21 @@ def tflite_from_torch(model: nn.Module, model_config: ModelConfig, config: Recip
     import litert_torch
     import torch
 
-    from .patcher import ModelPatcher
-    from .static_rewrites import target_patches
-    from .torch_program import example_inputs
+    from . import static_export  # deferred: torch; this module is read by --help for --format
 
     names = check_recipe_request(FORMAT, model_config, config)
     width, height = config.resolution
-    metadata = recipe_metadata(model_config, FORMAT, config, names, OPTIONS, dynamic=False, extra={
+    metadata = recipe_metadata(model_config, FORMAT, config, names, OPTIONS, dynamic=False, extra={"rewrites": rewrites_on(config, REWRITES), 
         "litert_torch_version": package_version("litert-torch"), "delegate": "xnnpack"})
     seconds: dict[str, float] = {}
-    module = select_outputs(model, names, model_config.model_type)
+    module = static_export.select_outputs(model, names, model_config.model_type)
     temp = new_temp_file(output, SUFFIX)
     try:
         with stage(progress, "convert", f"litert_torch.convert at {width}x{height}, batch {config.batch} "
                                         "(static-K refiner, int32 indices; 30-120 s)") as timing:
             try:
-                with ModelPatcher(model, target_patches(model, OPTIONS, rewrites_on(config))), torch.no_grad():
-                    converted = litert_torch.convert(module, example_inputs(config))
+                with static_export.ModelPatcher(model, static_export.target_patches(model, OPTIONS, rewrites_on(config, REWRITES))), torch.no_grad():
+                    converted = litert_torch.convert(module, static_export.example_inputs(config))
                 converted.export(str(temp))
             except Exception as exc:  # noqa: BLE001 - the converter raises many unrelated types; re-raised as one
                 raise ExportError(f"LiteRT conversion failed: {type(exc).__name__}: {error_line(exc)}") from exc

@@ -1,5 +1,7 @@
-"""``program_from_torch``: the torch.export step shared by the ExecuTorch, AOTInductor, LiteRT
-and Core ML recipes, and the rules those files share (input size, metadata, refusals).
+"""The rules the torch.export-based recipes (ExecuTorch, AOTInductor, LiteRT, Core ML) share:
+what they can export (refusals), the static refiner's per-target options, the input size and
+metadata of their files. Torch-free, so the recipe modules that import it stay light (the CLI
+reads them for ``--help``); the torch.export step itself is :mod:`exporters.static_export`.
 
 Every one of these targets starts from a ``torch.export`` program of the reference model
 under the static-shape refiner (:mod:`exporters.static_refiner`): the data-dependent
@@ -26,7 +28,6 @@ from .metadata import BGM_DEPLOY_VERSION, ExportMetadata
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
     from .recipes import RecipeConfig
 
@@ -105,59 +106,6 @@ def check_recipe_request(fmt: str, model_config: ModelConfig, config: RecipeConf
     return tuple(names)
 
 
-def example_inputs(config: RecipeConfig, seed: int = 0, batch: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded ``(src, bgr)`` at the export resolution (``batch`` overrides the config's)."""
-    import torch
-
-    width, height = config.resolution
-    generator = torch.Generator().manual_seed(seed)
-    shape = (batch or config.batch, 3, height, width)
-    return torch.rand(shape, generator=generator), torch.rand(shape, generator=generator)
-
-
-def select_outputs(model: nn.Module, names: tuple[str, ...], model_type: str) -> nn.Module:
-    """The module returning the chosen outputs as a flat tuple (what the converters want)."""
-    from .onnx import OutputSelector
-
-    every = output_names(model_type)
-    return OutputSelector(model, tuple(every.index(name) for name in names)).eval()
-
-
-def program_from_torch(model: nn.Module, model_config: ModelConfig, config: RecipeConfig, names: tuple[str, ...],
-                       patches: tuple[Any, ...], dynamic: bool = False) -> Any:
-    """``torch.export`` of ``model`` (non-strict) under ``patches`` (the static-shape refiner).
-
-    Args:
-        model: the eval-mode reference (restored afterwards).
-        model_config: what it was built from.
-        config: the export resolution and batch.
-        names: the outputs to return, in order.
-        patches: the export patches (:func:`exporters.static_rewrites.target_patches`).
-        dynamic: batch, height and width symbolic (height and width multiples of 4);
-            the example batch is then at least 2 (torch.export specialises sizes 0 and 1).
-
-    Returns:
-        the ``torch.export.ExportedProgram``.
-    """
-    import torch
-
-    from .patcher import ModelPatcher
-
-    module = select_outputs(model, names, model_config.model_type)
-    inputs = example_inputs(config, batch=max(config.batch, 2) if dynamic else None)
-    shapes = None
-    if dynamic:
-        from torch.export import Dim
-
-        batch = Dim("batch", min=1, max=DYNAMIC_BATCH_MAX)
-        height_4 = Dim("height_4", min=DYNAMIC_QUARTER_RANGE[0], max=DYNAMIC_QUARTER_RANGE[1])
-        width_4 = Dim("width_4", min=DYNAMIC_QUARTER_RANGE[0], max=DYNAMIC_QUARTER_RANGE[1])
-        spec = {0: batch, 2: 4 * height_4, 3: 4 * width_4}
-        shapes = (spec, spec)
-    with ModelPatcher(model, patches), torch.no_grad():
-        return torch.export.export(module, inputs, dynamic_shapes=shapes, strict=False)
-
-
 def recipe_metadata(model_config: ModelConfig, fmt: str, config: RecipeConfig, names: tuple[str, ...],
                     options: StaticOptions, dynamic: bool, extra: dict[str, Any]) -> ExportMetadata:
     """The metadata of a torch.export-based file: the I/O, the input size (fixed or
@@ -178,7 +126,6 @@ def recipe_metadata(model_config: ModelConfig, fmt: str, config: RecipeConfig, n
         "export_resolution": [width, height],
         "refiner": STATIC_REFINER if model_config.model_type == "refine" else None,
         "index_dtype": options.index_dtype,
-        "rewrites": rewrites_on(config),
         "torch_version": torch.__version__,
         "bgm_deploy_version": BGM_DEPLOY_VERSION,
         **extra,
@@ -186,10 +133,10 @@ def recipe_metadata(model_config: ModelConfig, fmt: str, config: RecipeConfig, n
     return ExportMetadata(model_config, fmt, export)
 
 
-def rewrites_on(config: RecipeConfig) -> bool:
-    """Whether an export applies the ported speed rewrites (``options["rewrites"]``). Off by
-    default: no clear gain on ExecuTorch or LiteRT (benchmarks/results/targets_speed.json)."""
-    return bool(config.options.get("rewrites", False))
+def rewrites_on(config: RecipeConfig, default: bool) -> bool:
+    """Whether an export applies the ported speed rewrites (``options["rewrites"]``, else the
+    recipe's ``default``: on where they were measured faster, benchmarks/results/targets_speed.json)."""
+    return bool(config.options.get("rewrites", default))
 
 
 def error_line(exc: BaseException, limit: int = 300) -> str:

@@ -72,9 +72,11 @@ def _local_project_imports() -> list[tuple[str, int, bool]]:
 # The CLI (cli.py and its option groups) defers the torch-loading API (instant --help); runner
 # modules, read by --help for their target declarations, defer the torch they load only when a
 # runner starts; the Python-backend model file is run by Triton's stub, which can import
-# bgm_deploy only after initialize() extends sys.path.
+# bgm_deploy only after initialize() extends sys.path; export recipe modules, read by --help for
+# their --format choices, defer the torch.export step (exporters.static_export) to their export function.
 DEFERRING_FILES = ("bgm_deploy/cli.py", "bgm_deploy/cli_options.py", "bgm_deploy/serve/triton_model.py",
-                   "runtimes/pytorch.py", "runtimes/tensorrt.py")
+                   "runtimes/pytorch.py", "runtimes/tensorrt.py",
+                   "exporters/executorch.py", "exporters/aoti.py", "exporters/litert.py", "exporters/coreml.py")
 
 
 def test_function_local_project_imports_only_defer_the_api_in_the_cli() -> None:
