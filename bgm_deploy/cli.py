@@ -22,11 +22,11 @@ from typing import Any, Callable
 
 import click
 
-from exporters.config import DEFAULT_EXPORTER, OnnxConfig, TorchScriptConfig
+from exporters.config import DEFAULT_EXPORTER, DEFAULT_TRACE_RESOLUTION, OnnxConfig, TorchScriptConfig
 from exporters.recipes import ORIGINAL_RECIPE as ORIGINAL_BACKEND
-from exporters.registered import recipes
+from exporters.registered import RecipeConfig, get_recipe, recipes
 from runtimes.targets import targets
-from model.config import ModelConfig, check_resolution
+from model.config import ModelConfig, parse_size
 from model.errors import BgmDeployError, UsageError
 
 from . import __version__
@@ -222,12 +222,7 @@ def bench(ctx: click.Context, models: tuple[str, ...], backends: tuple[str, ...]
 
 
 def _parse_size(value: str | None, option: str, multiple: int = 4) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    width, sep, height = value.lower().partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
-        raise click.BadParameter(f"{value!r} is not WxH (e.g. 1920x1080)", param_hint=option)
-    return check_resolution(int(width), int(height), option, multiple)
+    return None if value is None else parse_size(value, option, multiple)
 
 
 @cli.command()
@@ -399,9 +394,9 @@ def serve_command(
             raise UsageError(f"pass the model once: MODEL {model_file} or --model {model['model']}")
         model["model"] = model_file
     spec = spec_from_options(model, padding="replicate")
+    chosen = None
     if dynamic_batching is None and not spec.is_empty:
-        dynamic_batching, why = default_dynamic_batching(spec)
-        state.echo(f"dynamic batching {why}", err=True)
+        dynamic_batching, chosen = default_dynamic_batching(spec)
     options = TritonModelOptions(
         name=name, max_batch_size=max_batch_size, dynamic_batching=bool(dynamic_batching),
         max_queue_delay_us=queue_delay_us,
@@ -415,6 +410,8 @@ def serve_command(
                          max_restarts=max_restarts)
 
     def ready(server: Any) -> None:
+        if chosen is not None:  # said once the server runs: a failed start stays one line
+            state.echo(f"dynamic batching {chosen}", err=True)
         click.echo(f"serving {repository or repr(name)}: {server.http_url} (HTTP), {server.grpc_url} (gRPC), {server.metrics_url}; "
                    "Ctrl-C stops", err=True)
 
@@ -482,7 +479,7 @@ def export_command(state: Context, fmt: str, output: str, overwrite: bool, resol
     size = _parse_size(resolution, "--resolution")
     model_config, checkpoint = model_config_from_options(groups, say=lambda message: state.echo(message, err=True))
     onnx_config, names = onnx_config_from_options(groups)
-    precision = onnx_config.precision
+    precision, onnx_batch = onnx_config.precision, onnx_config.trace_batch
     if fmt != "web" and groups["ort_dist"] is not None:
         raise UsageError("--ort-dist only applies with --format web")
     if fmt != "triton" and (groups["k8s_dir"] is not None or groups["model_uri"] is not None):
@@ -528,9 +525,13 @@ def export_command(state: Context, fmt: str, output: str, overwrite: bool, resol
         return
     if groups["from_onnx"] is not None:
         raise UsageError("--from-onnx only applies with --format tensorrt")
+    recipe_config = None
+    if get_recipe(fmt) is not None:  # a registered format: its settings from the same options
+        recipe_config = RecipeConfig(resolution=size or DEFAULT_TRACE_RESOLUTION, batch=onnx_batch, precision=precision,
+                                     outputs=names)
     report = run_export(model_config, output, fmt, onnx=onnx_config, torchscript=script_config, checkpoint=checkpoint,
                         progress=progress, resolution=size, verify_after=run_verify, json_path=json_path,
-                        overwrite=overwrite)
+                        overwrite=overwrite, recipe_config=recipe_config)
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(f"{report.path} ({report.size_bytes / 1e6:.1f} MB, {sum(report.seconds.values()):.1f} s)")

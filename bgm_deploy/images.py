@@ -60,11 +60,13 @@ def load_image(path: str | Path) -> np.ndarray:
         raise ImageError(f"{path}: cannot decode image ({exc})") from None
 
 
-def resize_rgb(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resizes ``(H, W, 3)`` uint8 to ``size = (width, height)`` with Lanczos filtering."""
+def resize_rgb(image: np.ndarray, size: tuple[int, int], resample: str = "lanczos") -> np.ndarray:
+    """Resizes ``(H, W, 3)`` uint8 to ``size = (width, height)`` with ``lanczos`` (default) or
+    ``bilinear`` filtering."""
     if (image.shape[1], image.shape[0]) == tuple(size):
         return image
-    return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.LANCZOS))
+    method = {"lanczos": Image.Resampling.LANCZOS, "bilinear": Image.Resampling.BILINEAR}[resample]
+    return np.asarray(Image.fromarray(image).resize(size, method))
 
 
 def to_uint8(values: np.ndarray) -> np.ndarray:

@@ -28,11 +28,11 @@ from exporters.metadata import fixed_input_shape, read_metadata
 from exporters.paths import check_input_file, check_output_dir, check_output_file
 from model.config import ModelConfig, check_resolution
 from model.demo import demo_checkpoint_for
-from model.errors import ImageError, UsageError
+from model.errors import UsageError
 from runtimes import create_runner
 
 from .environment import environment_info
-from .images import BUNDLED_PAIRS_DIR
+from .images import BUNDLED_PAIRS_DIR, load_image
 from .model_spec import ModelSpec
 
 REPORT_SCHEMA_VERSION = 1
@@ -300,8 +300,6 @@ def _random_case(width: int, height: int, batch: int, seed: int) -> tuple[np.nda
 
 
 def _load_pairs(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
     if not folder.is_dir():
         raise UsageError(f"--pairs {folder} is not a directory of <name>/src.jpg + bgr.jpg pairs")
     pairs = []
@@ -310,10 +308,7 @@ def _load_pairs(folder: Path) -> list[tuple[str, np.ndarray, np.ndarray]]:
         bgr_path = next((p for p in sub.iterdir() if p.stem == "bgr"), None)
         if src_path is None or bgr_path is None:
             continue
-        try:
-            images = [np.asarray(ImageOps.exif_transpose(Image.open(p)).convert("RGB")) for p in (src_path, bgr_path)]
-        except (OSError, UnidentifiedImageError) as exc:
-            raise ImageError(f"{sub}: cannot read the pair ({exc})") from None
+        images = [load_image(path) for path in (src_path, bgr_path)]
         if images[0].shape != images[1].shape:
             raise UsageError(f"{sub}: src {images[0].shape[:2]} and bgr {images[1].shape[:2]} differ in size")
         height, width = (images[0].shape[0] // 4) * 4, (images[0].shape[1] // 4) * 4

@@ -1,7 +1,9 @@
 """Atomic file writes: content appears at the target path whole, or not at all.
 
-Every writer of the project (exports, reports, images, engines) goes through here, so an
-interrupted or failing write never leaves a half-written file behind. A process killed
+Every file writer of the project (exports, reports, images, engines, video outputs) goes
+through here, so an interrupted or failing write never leaves a half-written file behind
+(folders — a Triton model repository, a web site — are staged next to the target and renamed
+whole). A process killed
 outright (``kill -9``, power loss) cannot clean up, so temp files carry a findable name,
 ``.<target name>.bgm-deploy-tmp-<pid>.part``, and the next write of the same target
 removes those whose process is gone.

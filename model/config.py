@@ -40,6 +40,24 @@ def check_resolution(width: int, height: int, label: str = "--resolution", multi
     return width, height
 
 
+NAMED_SIZES = {"hd": (1920, 1080), "4k": (3840, 2160)}
+
+
+def parse_size(text: str, label: str = "--resolution", multiple: int = 4, minimum: int = 1) -> tuple[int, int]:
+    """``"1920x1080"`` (or ``"hd"``, ``"4k"``) → ``(width, height)``, checked by :func:`check_resolution`
+    and at least ``minimum`` on each side: the one size parser of every command."""
+    key = text.strip().lower()
+    if key in NAMED_SIZES:
+        return NAMED_SIZES[key]
+    width, sep, height = key.partition("x")
+    if not sep or not width.isdigit() or not height.isdigit():
+        raise UsageError(f"{label} {text!r} is not valid; use WIDTHxHEIGHT (e.g. 1920x1080), hd or 4k")
+    size = check_resolution(int(width), int(height), label, multiple)
+    if min(size) < minimum:
+        raise UsageError(f"{label} {text!r} is not valid; width and height must be at least {minimum}")
+    return size
+
+
 def check_backbone_scale_for(scale: float, width: int, height: int, label: str = "--backbone-scale") -> None:
     """The base network's input, ``floor(side * scale)``, must be at least 2 px on each side."""
     if int(min(width, height) * scale) < 2:

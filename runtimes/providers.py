@@ -1,5 +1,6 @@
-"""What the runners share: output names per model type, torch devices, and which runner
-serves which (file format, provider) pair.
+"""What the torch runners share: the torch device of a device name (with the fallback rule),
+and feeds as tensors on it. Which runner serves which file format on which device is the
+target registry's business (:mod:`runtimes.targets`).
 
 Kept free of heavy imports: torch is imported inside the functions that need it.
 """
@@ -12,64 +13,6 @@ from typing import Any
 from model.errors import RuntimeUnavailableError, UsageError
 
 log = logging.getLogger(__name__)
-
-PROVIDER_CHOICES = ("cpu", "cuda", "tensorrt")
-
-# (file format, provider) -> registered runner name. The native TensorRT runner serves
-# engine files; ONNX files go through onnxruntime with the matching execution provider.
-RUNNER_FOR_FORMAT = {
-    ("onnx", "cpu"): "onnxruntime",
-    ("onnx", "cuda"): "onnxruntime",
-    ("onnx", "tensorrt"): "onnxruntime",
-    ("torchscript", "cpu"): "torchscript",
-    ("torchscript", "cuda"): "torchscript",
-    ("tensorrt", "tensorrt"): "tensorrt",
-    ("tensorrt", "cuda"): "tensorrt",
-    ("pytorch", "cpu"): "pytorch",
-    ("pytorch", "cuda"): "pytorch",
-}
-
-
-# Runtimes that can be chosen instead of the format's default runner (verify/matte
-# --runtime, Predictor.load(runner=...)): file format -> runner names.
-RUNTIMES_FOR_FORMAT = {"onnx": ("onnxruntime", "openvino")}
-
-
-def runner_options(
-    fmt: str, provider: str, allow_fallback: bool = False, runtime: str | None = None
-) -> tuple[str, dict[str, Any]]:
-    """The runner name and provider/device options for a model format and a provider.
-
-    Args:
-        runtime: a runner to use instead of the format's default (``"openvino"`` for ONNX,
-            CPU only); None: the default (:data:`RUNNER_FOR_FORMAT`).
-
-    Raises:
-        UsageError: ``provider`` is unknown or cannot run this format (e.g. TorchScript on
-            TensorRT), or ``runtime`` cannot run it.
-    """
-    if provider not in PROVIDER_CHOICES:
-        raise UsageError(f"provider={provider!r} is not valid; valid: {', '.join(PROVIDER_CHOICES)}")
-    if runtime == "openvino":
-        if fmt not in RUNTIMES_FOR_FORMAT or runtime not in RUNTIMES_FOR_FORMAT[fmt]:
-            raise UsageError(f"runtime 'openvino' cannot run a {fmt} model; it runs ONNX files")
-        if provider != "cpu":
-            raise UsageError(f"runtime 'openvino' runs on the CPU; drop provider={provider!r} (use provider 'cpu')")
-        return runtime, {}
-    name = RUNNER_FOR_FORMAT.get((fmt, provider))
-    if name is None:
-        valid = sorted(p for f, p in RUNNER_FOR_FORMAT if f == fmt)
-        raise UsageError(f"provider={provider!r} cannot run a {fmt} model; valid for {fmt}: {', '.join(valid)}")
-    if runtime is not None and runtime != name:
-        raise UsageError(
-            f"runtime={runtime!r} cannot run a {fmt} model on provider {provider!r}; valid: {name}"
-            + (", openvino (provider cpu)" if fmt == "onnx" else "")
-        )
-    if name == "onnxruntime":
-        return name, {"provider": provider, "allow_fallback": allow_fallback}
-    if name in ("torchscript", "pytorch"):
-        return name, {"device": provider, "allow_fallback": allow_fallback}
-    return name, {}
 
 
 def torch_device(device: str, allow_fallback: bool, runner: str) -> Any:

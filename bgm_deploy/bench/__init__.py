@@ -26,7 +26,7 @@ from exporters.metadata import detect_format, read_metadata
 from exporters.paths import check_input_file, check_output_dir, check_output_file
 from model import BACKBONES
 from model.checkpoint import build_model, config_for_checkpoint
-from model.config import ModelConfig, auto_backbone_scale, check_backbone_scale_for
+from model.config import NAMED_SIZES, ModelConfig, auto_backbone_scale, check_backbone_scale_for, parse_size
 from model.errors import BgmDeployError, RuntimeUnavailableError, UsageError
 from model.spec import BACKBONE_SCALE_RANGE, MAX_SAMPLE_PIXELS, MAX_SIDE, MIN_SAMPLE_PIXELS
 
@@ -58,7 +58,7 @@ from .report import (
 from .stats import NOISY_CV, speedup, summarize
 
 MODES = ("fixed", "adaptive")
-NAMED_RESOLUTIONS = {"hd": (1920, 1080), "4k": (3840, 2160)}
+NAMED_RESOLUTIONS = NAMED_SIZES
 # The fixed-mode input: the HD pair, resized to each benchmark resolution.
 FIXED_PAIR = "astronaut_rocket_1920x1080_shifted"
 
@@ -66,17 +66,8 @@ Progress = Callable[[str], None]
 
 
 def parse_resolution(text: str) -> tuple[int, int]:
-    """``"hd"``, ``"4k"`` or ``"WxH"`` → ``(width, height)``; both must be divisible by 4."""
-    key = text.strip().lower()
-    if key in NAMED_RESOLUTIONS:
-        return NAMED_RESOLUTIONS[key]
-    match = re.fullmatch(r"(\d+)x(\d+)", key)
-    if not match:
-        raise UsageError(f"resolution={text!r} is not valid; use hd, 4k or WIDTHxHEIGHT (e.g. 1280x720)")
-    width, height = int(match.group(1)), int(match.group(2))
-    if not (32 <= width <= MAX_SIDE and 32 <= height <= MAX_SIDE) or width % 4 or height % 4:
-        raise UsageError(f"--resolution {text!r} is not valid; width and height must be in 32..{MAX_SIDE} and divisible by 4")
-    return width, height
+    """``"hd"``, ``"4k"`` or ``"WxH"`` → ``(width, height)``; both at least 32 and divisible by 4."""
+    return parse_size(text, "--resolution", minimum=32)
 
 
 def parse_warmup(text: str) -> int | float:
@@ -198,13 +189,8 @@ def _default_progress(message: str) -> None:
 
 # -- inputs ------------------------------------------------------------------------------------
 def _load_rgb(path: Path, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        if image.size != size:
-            image = image.resize(size, Image.BILINEAR)
-        return np.asarray(image)
+    # Bilinear, as the published numbers' inputs were made.
+    return resize_rgb(load_image(path), size, "bilinear")
 
 
 def _to_batch(image: np.ndarray, batch: int) -> np.ndarray:

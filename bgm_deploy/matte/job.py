@@ -359,7 +359,11 @@ def _matte_photos(src: str | Path, bgr: str | Path, output: Path, model: Any, op
             if progress is not None:
                 progress(done + offset, total, unit, outcome, error)
 
-        run_pipeline(source, predictor, sink, options, report.stages, counts, shifted)
+        try:
+            run_pipeline(source, predictor, sink, options, report.stages, counts, shifted)
+        except BaseException:
+            sink.abort()  # an interrupt or a fatal error: queued writes dropped, finished files kept
+            raise
     finally:
         if owned and predictor is not None:
             predictor.close()

@@ -294,13 +294,15 @@ class PhotoSink:
         self._pool.shutdown(wait=True)
 
     def abort(self) -> None:
-        # Queued writes are dropped; a write in progress finishes or leaves no file (atomic).
+        """Drops queued writes (a write in progress finishes or leaves no file: atomic) and
+        records the pairs whose files were written."""
         self._pool.shutdown(wait=True, cancel_futures=True)
-        self._collect_finished()
-
-    def _collect_finished(self) -> None:
-        while self._encoding and self._encoding[0][1].done() and not self._encoding[0][1].cancelled():
-            self._collect(block=False)
-            if self._encoding and not self._encoding[0][1].done():
-                break
+        for result, future in self._encoding:
+            if future.cancelled():
+                continue
+            try:
+                result.outputs = future.result()
+            except ImageError as exc:
+                result.status, result.error = "failed", str(exc)
+            self.results.append(result)
         self._encoding.clear()

@@ -12,7 +12,7 @@ import torch
 
 from model.errors import ModelFileError, RuntimeUnavailableError, UsageError
 from runtimes import create_runner
-from runtimes.providers import runner_options
+from runtimes.targets import resolve_target
 
 NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU path; this machine has CUDA")
 
@@ -83,10 +83,15 @@ def test_threads_option_and_runner_choice(onnx_path: Path) -> None:
         got = runner.infer(_feeds())
     for name, value in expected.items():
         np.testing.assert_array_equal(got[name], value, err_msg=name)  # scheduling only, same numbers
-    assert runner_options("onnx", "tensorrt") == ("onnxruntime", {"provider": "tensorrt", "allow_fallback": False})
-    assert runner_options("tensorrt", "tensorrt")[0] == "tensorrt"
+    # Which runner runs what: the target registry (device words pick a format's default target).
+    assert resolve_target("tensorrt", "onnx").name == "onnxruntime-tensorrt"
+    assert resolve_target("tensorrt", "tensorrt").name == "tensorrt-cuda"
+    assert resolve_target(None, "onnx").name == "onnxruntime-cpu"
+    assert resolve_target("cuda", "torchscript").name == "torchscript-cuda"
     with pytest.raises(UsageError, match="cannot run a torchscript model"):
-        runner_options("torchscript", "tensorrt")
+        resolve_target("tensorrt", "torchscript")
+    with pytest.raises(UsageError, match="runs onnx models, not torchscript"):
+        resolve_target("openvino-cpu", "torchscript")
 
 
 @pytest.mark.gpu
