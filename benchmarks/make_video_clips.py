@@ -43,6 +43,7 @@ class ClipSpec:
         pix_fmt: the encoded pixel format (e.g. ``yuv420p10le`` for a 10-bit clip); None: 8-bit.
         rotation: display-matrix rotation in counter-clockwise degrees (a phone clip filmed
             upright: frames are stored sideways and players rotate them back).
+        gop: frames between keyframes (None: the encoder's default, 250 for x264).
     """
 
     size: tuple[int, int] = (320, 240)
@@ -56,6 +57,7 @@ class ClipSpec:
     crf: int = 18
     pix_fmt: str | None = None
     rotation: int = 0
+    gop: int | None = None
 
 
 def load_pair(pair: str | Path, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -146,6 +148,8 @@ def write_clip(path: str | Path, frames: list[np.ndarray], spec: ClipSpec) -> Pa
             stream.pix_fmt = "yuv420p"
         if spec.pix_fmt:
             stream.pix_fmt = spec.pix_fmt
+        if spec.gop:
+            stream.options = {**stream.options, "g": str(spec.gop)}
         if spec.rotation:
             stream.set_display_rotation(spec.rotation)
         audio = None

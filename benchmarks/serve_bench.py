@@ -8,11 +8,13 @@ the CPU both locally and inside the server. The input is the bundled 1920x1080 p
 
 * local throughput: ``Predictor.predict`` called back to back on one thread;
 * server throughput at concurrency 4 (fixed request count, after warmup) per server setup
-  (1 instance with/without dynamic batching, 2 instances of 1 thread) and transport (HTTP,
-  gRPC, HTTP + system shared memory);
-* latency p50/p95/p99 at concurrency 1, 4 and 8 for the headline setup.
+  (1 instance with/without dynamic batching) and transport (HTTP, gRPC, HTTP + system shared
+  memory); earlier runs also measured 2 instances of 1 thread (0.78x), not repeated;
+* latency p50/p95/p99 at concurrency 1, 4 and 8 for the headline setup, which is what
+  ``bgm-deploy serve MODEL`` and ``matte --server`` pick by themselves ("serve's defaults"); the
+  load average before and after is recorded (the machine is shared).
 
-Run: ``python -m benchmarks.serve_bench`` (about 6-10 minutes on 2 busy cores); writes
+Run: ``python -m benchmarks.serve_bench [--setups "NAME;NAME"]`` (about 6-10 minutes on 2 busy cores); writes
 ``benchmarks/results/serve.json`` and prints the markdown section of benchmarks/README.md.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import tempfile
 import threading
 import time
@@ -32,16 +35,17 @@ from typing import Any
 import numpy as np
 
 from bgm_deploy.bench.stats import summarize
-from bgm_deploy.client import TritonMatteClient
-from bgm_deploy.config import ModelConfig
 from bgm_deploy.environment import environment_info
 from bgm_deploy.export import export
 from bgm_deploy.images import load_image
+from bgm_deploy.model_spec import ModelSpec
 from bgm_deploy.predictor import Predictor
-from bgm_deploy.serve import ServeConfig, TritonServer, with_free_ports
-from bgm_deploy.triton_repo import TritonModelOptions
+from bgm_deploy.serve.client import TritonMatteClient
+from bgm_deploy.serve.repository import TritonModelOptions
+from bgm_deploy.serve.server import ServeConfig, TritonServer, default_dynamic_batching, with_free_ports
 from exporters.atomic import atomic_write_text
 from exporters.config import OnnxConfig
+from model.config import ModelConfig
 
 SCHEMA_VERSION = 1
 PAIR = Path(__file__).resolve().parents[1] / "bgm_deploy" / "data" / "pairs" / "astronaut_rocket_1920x1080_shifted"
@@ -51,13 +55,16 @@ MODEL = ModelConfig(
     refine_patch_replace_method="scatter_element", seed=0,
 )
 OUTPUTS = ("pha", "fgr")
+DEFAULTS = "serve's defaults"
 SETUPS = {
+    # What `bgm-deploy serve MODEL` picks on this CPU (dynamic batching from the target's device:
+    # off) and what `matte --server` to 127.0.0.1 picks (shared memory: auto, on): filled in by main().
+    DEFAULTS: None,
     "1 instance, dynamic batching": TritonModelOptions(outputs=OUTPUTS, max_batch_size=4, max_queue_delay_us=2000),
     "1 instance, no dynamic batching": TritonModelOptions(outputs=OUTPUTS, max_batch_size=4, dynamic_batching=False),
-    "2 instances x 1 thread, dynamic batching": TritonModelOptions(
-        outputs=OUTPUTS, max_batch_size=4, max_queue_delay_us=2000, instances=2, threads=1),
 }
 TRANSPORTS = ("http", "grpc", "http+shm")
+AUTO = "auto"  # the client's own choice (shared memory when the server is on this machine)
 
 
 def _load_pair() -> tuple[np.ndarray, np.ndarray]:
@@ -122,32 +129,50 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--requests", type=int, default=8, help="requests per server block (concurrency 4)")
     parser.add_argument("--local-frames", type=int, default=4, help="frames per local block (before each server block)")
     parser.add_argument("--json", default=str(Path(__file__).parent / "results" / "serve.json"))
+    parser.add_argument("--setups", default=";".join(SETUPS),
+                        help="server setups to run, separated by ';' (the first is the headline)")
     args = parser.parse_args(argv)
+    names = [name.strip() for name in args.setups.split(";") if name.strip()]
+    unknown = [name for name in names if name not in SETUPS]
+    if unknown:
+        parser.error(f"unknown setups {unknown}; known: {', '.join(SETUPS)}")
 
     src, bgr = _load_pair()
+    load = os.getloadavg()
     results: dict[str, Any] = {
+        "load_before": {"1min": load[0], "5min": load[1], "15min": load[2]},
         "schema_version": SCHEMA_VERSION, "environment": environment_info(), "model": MODEL.to_dict(),
         "resolution": [src.shape[1], src.shape[0]], "outputs": list(OUTPUTS), "server_io": "uint8",
         "protocol": (f"{args.rounds} rounds; in each, per server setup/transport: {args.local_frames} local frames, "
                      f"then {args.requests} requests at concurrency 4; ratio = server fps / the adjacent local fps, "
                      "median over rounds; throughput = count / wall time"),
-        "setups": {name: {"options": asdict(options)} for name, options in SETUPS.items()},
     }
-    combos = [(name, transport) for name in SETUPS for transport in TRANSPORTS]
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory(prefix="bgm-serve-bench-") as folder:
         model = Path(folder) / "mobilenetv2_hd.onnx"
         export(MODEL, model, "onnx", onnx=OnnxConfig(outputs=OUTPUTS))
-        predictor = stack.enter_context(Predictor.load(model))
+        spec = ModelSpec(model=str(model))
+        batching, why = default_dynamic_batching(spec)
+        setups = {name: SETUPS[name] or TritonModelOptions(outputs=OUTPUTS, max_batch_size=4, dynamic_batching=batching)
+                  for name in names}
+        transports = {name: (AUTO,) if name == DEFAULTS else TRANSPORTS for name in names}
+        results["setups"] = {name: {"options": asdict(options)} for name, options in setups.items()}
+        if DEFAULTS in setups:
+            results["setups"][DEFAULTS]["chosen"] = {"dynamic_batching": why, "client_shared_memory": None}
+        combos = [(name, transport) for name in names for transport in transports[name]]
+        predictor = stack.enter_context(Predictor.from_spec(spec))
         servers, clients = {}, {}
-        for name, options in SETUPS.items():
+        for name, options in setups.items():
             started = time.perf_counter()
-            servers[name] = stack.enter_context(TritonServer(with_free_ports(ServeConfig(model=model, options=options))))
+            servers[name] = stack.enter_context(TritonServer(with_free_ports(ServeConfig(spec=spec, options=options))))
             results["setups"][name]["startup_s"] = time.perf_counter() - started
         for name, transport in combos:
             protocol, _, shm = transport.partition("+")
-            url = servers[name].http_url if protocol == "http" else servers[name].grpc_url
-            client = stack.enter_context(TritonMatteClient(url, concurrency=8, shared_memory=bool(shm)))
-            levels = (1, 4, 8) if name == next(iter(SETUPS)) else (4,)  # the headline setup: latency at 1, 4, 8
+            url = servers[name].grpc_url if protocol == "grpc" else servers[name].http_url
+            client = stack.enter_context(TritonMatteClient(url, concurrency=8,
+                                                           shared_memory=None if transport == AUTO else bool(shm)))
+            if transport == AUTO:
+                results["setups"][name]["chosen"]["client_shared_memory"] = client.shared_memory_note
+            levels = (1, 4, 8) if name == names[0] else (4,)  # the headline setup: latency at 1, 4, 8
             clients[name, transport] = load = _Load(client, src, bgr, levels)
             stack.callback(load.close)
         _local_block(predictor, src, bgr, 2)  # warm-up
@@ -174,7 +199,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         after = {name: _batch_stats(server.metrics_url, name="bgm") for name, server in servers.items()}
         results["local"] = {"frames": local_frames, "throughput_fps": local_frames / local_wall,
                             "latency": asdict(summarize(local_times))}
-        for name in SETUPS:
+        for name in setups:
             delta = {key: after[name].get(key, 0.0) - before[name].get(key, 0.0) for key in after[name]}
             executions = delta.get("nv_inference_exec_count", 0.0)
             results["setups"][name]["mean_batch_size_c4"] = delta.get("nv_inference_count", 0.0) / executions if executions else None
@@ -186,11 +211,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     "ratio_to_local": float(np.median(ratios[name, transport])),
                     "latency": asdict(summarize(times[name, transport])),
                 }
-                for transport in TRANSPORTS
+                for transport in transports[name]
             }
-        headline = next(iter(SETUPS))
+        headline = names[0]
         setup = results["setups"][headline]
-        best = max(TRANSPORTS, key=lambda key: setup["transports"][key]["ratio_to_local"])
+        best = max(transports[headline], key=lambda key: setup["transports"][key]["ratio_to_local"])
         setup["latency_transport"] = best
         setup["latency_by_concurrency"] = {}
         for concurrency in (1, 4, 8):
@@ -200,6 +225,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "requests": count, "failed": 0, "throughput_fps": count / wall, "latency": asdict(summarize(block))}
             lat = setup["latency_by_concurrency"][str(concurrency)]["latency"]
             print(f"latency {best} c={concurrency}: p50 {lat['median_ms']:.0f} p95 {lat['p95_ms']:.0f} p99 {lat['p99_ms']:.0f} ms", flush=True)
+    load = os.getloadavg()
+    results["load_after"] = {"1min": load[0], "5min": load[1], "15min": load[2]}
     atomic_write_text(args.json, json.dumps(results, indent=2))
     print(render_markdown(results))
     return results
@@ -208,6 +235,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 def render_markdown(results: dict[str, Any]) -> str:
     local = results["local"]
     lines = [
+        f"Load average before/after (1 min, 2 cores): {results['load_before']['1min']:.2f} / "
+        f"{results['load_after']['1min']:.2f}.",
+        "",
         f"Local predictor: **{local['throughput_fps']:.2f} fps** (p50 {local['latency']['median_ms']:.0f} ms per frame).",
         "",
         "| server setup | transport | fps at concurrency 4 | × local (median of rounds) | mean batch | p50 ms | p95 ms |",
