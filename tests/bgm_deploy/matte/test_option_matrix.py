@@ -94,6 +94,8 @@ REFUSED: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
         "concurrency": (("--concurrency", "2"), "apply with --server"),
         "shared_memory": (("--shared-memory",), "apply with --server"),
         "server_model": (("--server-model", "bgm"), "apply with --server"),
+        "ray_address": (("--ray", ""), "--ray needs local, auto or the HOST:PORT"),
+        "ray_workers": (("--ray-workers", "2"), "--ray-workers applies with --ray only"),
     },
     "video": {
         "fgr_format": (("--fgr-format", "jpg", "--outputs", "fgr"), "--format fgr=jpg does not apply to video"),
@@ -102,6 +104,8 @@ REFUSED: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
         "concurrency": (("--concurrency", "2"), "apply with --server"),
         "shared_memory": (("--shared-memory",), "apply with --server"),
         "server_model": (("--server-model", "bgm"), "apply with --server"),
+        "ray_address": (("--ray", "local", "--max-frames", "2"), "--max-frames does not apply with --ray"),
+        "ray_workers": (("--ray-workers", "2"), "--ray-workers applies with --ray only"),
     },
     "server": {
         **{name: (args, "--server sends the work to running servers") for name, args in {
@@ -115,6 +119,8 @@ REFUSED: dict[str, dict[str, tuple[tuple[str, ...], str]]] = {
         "fgr_format": (("--fgr-format", "jpg", "--outputs", "fgr"), "--format fgr=jpg does not apply to video"),
         "rate": (("--rate", "24"), "--rate applies to image-sequence sources"),
         "sequence": (("--sequence",), "is not a folder of numbered frames"),
+        "ray_address": (("--ray", "local"), "--ray and --server are alternatives"),
+        "ray_workers": (("--ray-workers", "2"), "--ray-workers applies with --ray only"),
     },
 }
 HONOURED: dict[str, set[str]] = {column: set() for column in COLUMNS}
