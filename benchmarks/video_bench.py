@@ -11,13 +11,13 @@ What is measured, on an H.264 clip made from the bundled 1920x1080 pair by
 
 - **model-only**: ``Predictor.predict`` on frames already decoded into memory, one at a time
   (mobilenetv2, backbone 0.25, 80,000 refined pixels, exported ONNX, onnxruntime CPU, 2 threads, no
-  spinning: as matte_video runs it);
-- **pipelined**: ``bgm_deploy.video.matte_video`` from the file to pha + fgr H.264 videos
+  spinning: as the footage job runs it);
+- **pipelined**: ``bgm_deploy.matte`` (the footage job) from the file to pha + fgr H.264 videos
   (the defaults: veryfast, CRF 18), decode → predict → encode on separate threads; and the
   same with ``--preset ultrafast`` (cheaper encoding, larger files);
 - **sequential**: the same work in one loop, one frame at a time (decode, predict, encode);
 - **encode cost** of each output kind and format, per frame, on the frames' real predictions;
-- **peak RSS** of ``matte_video`` in fresh subprocesses on a long and a short clip.
+- **peak RSS** of the footage job in fresh subprocesses on a long and a short clip.
 """
 
 from __future__ import annotations
@@ -42,8 +42,10 @@ from bgm_deploy.environment import environment_info
 from bgm_deploy.export import export
 from bgm_deploy.images import save_image
 from bgm_deploy.predictor import Predictor
-from bgm_deploy.video import LAYOUTS, VideoOptions, matte_video, render_output
-from bgm_deploy.video_io import FORMATS, Frame, SequenceWriter, StreamInfo, VideoWriter, import_av
+from bgm_deploy.matte import MatteOptions, matte
+from bgm_deploy.matte.options import LAYOUTS
+from bgm_deploy.matte.render import render_output
+from bgm_deploy.matte.video_io import FORMATS, Frame, SequenceWriter, StreamInfo, VideoWriter, import_av
 from exporters.atomic import atomic_write_text
 from model.config import ModelConfig
 
@@ -62,7 +64,7 @@ import json, os, resource, sys, threading
 import numpy as np
 from PIL import Image
 from bgm_deploy.predictor import Predictor
-from bgm_deploy.video import VideoOptions, matte_video
+from bgm_deploy.matte import MatteOptions, matte
 clip, plate, model, out = sys.argv[1:5]
 page = os.sysconf("SC_PAGE_SIZE")
 def current_mib():
@@ -80,10 +82,10 @@ with Predictor.load(model, threads=2, shared_cores=True) as predictor:
             peak[0] = max(peak[0], current_mib())
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    report = matte_video(clip, plate, out, predictor=predictor, options=VideoOptions(outputs=("pha", "fgr")))
+    report = matte(clip, plate, out, predictor, MatteOptions(outputs=("pha", "fgr")))
     done.set()
     sampler.join()
-print(json.dumps({"frames": report.frames_matted, "rss_before_run_mib": before, "rss_peak_during_run_mib": peak[0],
+print(json.dumps({"frames": report.counts["matted"], "rss_before_run_mib": before, "rss_peak_during_run_mib": peak[0],
                   "run_growth_mib": peak[0] - before,
                   "process_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -107,11 +109,12 @@ def model_only(predictor: Predictor, frames: list[np.ndarray], plate: np.ndarray
 
 def pipelined(predictor: Predictor, clip: Path, plate_path: Path, out: Path,
               preset: str = "veryfast") -> dict[str, Any]:
-    report = matte_video(clip, plate_path, out, predictor=predictor,
-                         options=VideoOptions(outputs=("pha", "fgr"), preset=preset, overwrite=True))
+    report = matte(clip, plate_path, out, predictor, MatteOptions(outputs=("pha", "fgr"), preset=preset, overwrite=True))
     data = report.to_dict()
-    return {"frames": report.frames_matted, "seconds": report.seconds, "fps": report.fps, "dropped": report.dropped,
-            "stages": data["stages"], "formats": report.formats}
+    frames = report.counts["matted"]
+    return {"frames": frames, "seconds": report.seconds, "fps": frames / report.seconds if report.seconds else 0.0,
+            "dropped": report.counts["read"] - frames - report.counts["skipped"], "stages": data["stages"],
+            "formats": report.formats}
 
 
 def sequential(predictor: Predictor, clip: Path, plate: np.ndarray, out: Path) -> dict[str, Any]:

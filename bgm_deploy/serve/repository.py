@@ -2,7 +2,7 @@
 
 Two flavours:
 
-* ``python`` — Triton's Python backend runs :mod:`bgm_deploy.triton_model` (our
+* ``python`` — Triton's Python backend runs :mod:`bgm_deploy.serve.triton_model` (our
   :class:`~bgm_deploy.predictor.Predictor` around an exported model). uint8 NHWC images in,
   pha/fgr/rgba out, validation of every request. ``bgm-deploy serve`` serves this flavour
   with the ``tritonserver`` binary bundled in PyTriton, and the test suite loads it there.

@@ -2,7 +2,7 @@
 
 The ``tritonserver`` binary and Triton's Python backend come from NVIDIA's PyTriton wheel
 (``pip install --no-deps -r requirements-serve.txt``). ``serve`` writes a python-flavour model repository
-(:mod:`bgm_deploy.triton_repo`) to a temporary folder and starts that binary on it with
+(:mod:`bgm_deploy.serve.repository`) to a temporary folder and starts that binary on it with
 dynamic batching, N model instances (each its own process, so instances run in parallel),
 HTTP, gRPC and Prometheus metrics ports bound to 127.0.0.1 unless a host is given, waits
 until the model is ready, and shuts the server down gracefully on SIGINT/SIGTERM.

@@ -77,7 +77,7 @@ def test_bad_configs_and_options_are_refused() -> None:
         TritonModelOptions(tensorrt=True)
     with pytest.raises(UsageError, match="max_batch_size=0"):
         TritonModelOptions(max_batch_size=0)
-    with pytest.raises(UsageError, match="serves pha, fgr, com only"):
+    with pytest.raises(UsageError, match="serves pha, fgr, rgba only"):
         triton_export_outputs("python", ("err",))
     with pytest.raises(UsageError, match="not in the ONNX file"):
         onnxruntime_config_text(TritonModelOptions(outputs=("err",)), {"src": "float32", "bgr": "float32"}, {"pha": "float32"})

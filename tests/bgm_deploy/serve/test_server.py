@@ -139,7 +139,7 @@ def test_python_repository_float_io_loads_in_tritonserver(onnx_model: Path, pred
     python writes) loaded by the real tritonserver: float32 in and out, equal to ≤ 1e-4."""
     options = TritonModelOptions(name="bgm_float", io_dtype="float32", outputs=("pha", "fgr"), pad=True)
     model_dir = write_python_repository(tmp_path / "repo", options, ModelSpec(model=str(onnx_model), threads=1))
-    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.py"]
+    assert sorted(p.name for p in (model_dir / "1").iterdir()) == ["model.onnx", "model.onnx.bgm.json", "model.py"]
     validate_config_text((model_dir / "config.pbtxt").read_text())
     src, bgr = _images(3, 62, 46)
     src_f, bgr_f = src.astype(np.float32) / 255, bgr.astype(np.float32) / 255
@@ -324,7 +324,10 @@ def test_matte_server_writes_what_local_matte_writes(cli_server: dict, onnx_mode
     assert "3 matted" in remote.output
     for path in sorted((tmp_path / "local").rglob("*.png")):
         other = tmp_path / "remote" / path.relative_to(tmp_path / "local")
-        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(other))), path
+        local_image, remote_image = (np.asarray(Image.open(p)).astype(int) for p in (path, other))
+        # pha is served as 8 bits and equal; com is composited by the client from the served 8-bit
+        # pha and fgr, so it may differ from the local float composite by a rounding step.
+        assert np.abs(local_image - remote_image).max() <= (0 if path.parent.name == "pha" else 2), path
     clash = CliRunner().invoke(cli, [*common, "-o", str(tmp_path / "x"), "--server", cli_server["http"], "--model", str(onnx_model)])
     assert clash.exit_code == 2 and "drop --model" in clash.output
 
