@@ -416,3 +416,28 @@ def test_a_gpu_target_asks_the_cluster_for_gpus(cluster: Any, inputs: dict[str, 
         matte(inputs["photos"], inputs["bgr"], tmp_path / "out", ModelSpec(model=str(onnx_model), target="cuda"),
               PHOTOS, cluster=_options(cluster))
     assert not (tmp_path / "out" / "pha").exists()
+
+
+def test_image_sequence_equals_one_machine(cluster: Any, inputs: dict[str, Path], onnx_model: Path,
+                                           tmp_path: Path) -> None:
+    """A folder of numbered frames (--sequence): segments are any frame ranges, frame names kept."""
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    with av.open(str(inputs["clip"])) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if index == 20:
+                break
+            frame.to_image().save(frames / f"f{index + 1}.png")
+    options = MatteOptions(outputs=("pha", "rgba"), formats={"pha": "ffv1", "rgba": "png"}, rate=24)
+    matte(frames, inputs["plate"], tmp_path / "local", ModelSpec(model=str(onnx_model), threads=1), options,
+          sequence=True)
+    with deadline():
+        report = matte(frames, inputs["plate"], tmp_path / "ray", ModelSpec(model=str(onnx_model)), options,
+                       sequence=True, cluster=_options(cluster))
+    assert report.counts["written"] == 20 and len(report.cluster["segments"]) == 8  # 4 per worker
+    got, want = _video(tmp_path / "ray" / "pha.mkv"), _video(tmp_path / "local" / "pha.mkv")
+    assert got["pts"] == want["pts"] and len(got["frames"]) == 20
+    assert all(np.array_equal(a, b) for a, b in zip(got["frames"], want["frames"]))
+    names = sorted(p.name for p in (tmp_path / "ray" / "rgba").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "local" / "rgba").iterdir()) and "f10.png" in names
+    _assert_clean(tmp_path / "ray")
