@@ -477,7 +477,7 @@ def export_command(state: Context, fmt: str, output: str, overwrite: bool, resol
     from .verify import format_table
 
     size = _parse_size(resolution, "--resolution")
-    model_config, checkpoint = model_config_from_options(groups, say=lambda message: state.echo(message, err=True))
+    model_config, checkpoint = model_config_from_options(groups)
     onnx_config, names = onnx_config_from_options(groups)
     precision, onnx_batch = onnx_config.precision, onnx_config.trace_batch
     if fmt != "web" and groups["ort_dist"] is not None:

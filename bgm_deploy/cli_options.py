@@ -23,7 +23,7 @@ import runtimes  # noqa: F401 - importing the package registers every runner and
 from exporters.config import DEFAULT_EXPORTER, EXPORTERS, PRECISIONS, OnnxConfig
 from exporters.config import TARGETS as GRAPH_TARGETS
 from model.config import ModelConfig
-from model.demo import DEMO_NOTE, DEMO_WEIGHTS_PATH, demo_available, demo_fits
+from model.demo import DEMO_WEIGHTS_PATH, demo_available, demo_fits
 from model.errors import UsageError
 from model.spec import BACKBONES, CROP_METHODS, KERNEL_SIZES, MODEL_TYPES, REFINE_MODES, REPLACE_METHODS
 from runtimes.targets import DEVICE_WORDS, all_options, target_choices
@@ -179,11 +179,10 @@ def weights_options(func: F) -> F:
     ])
 
 
-def model_config_from_options(values: dict[str, Any], say: Callable[[str], None] | None = None
-                              ) -> tuple[ModelConfig, str | None]:
+def model_config_from_options(values: dict[str, Any]) -> tuple[ModelConfig, str | None]:
     """Pops :func:`weights_options`: ``(ModelConfig, checkpoint)``. With neither ``--checkpoint``
-    nor ``--seed``, a mobilenetv2 refine model gets the bundled demo weights (``say`` announces
-    them); other architectures get synthetic weights of seed 0."""
+    nor ``--seed``, a mobilenetv2 refine model gets the bundled demo weights; other
+    architectures get synthetic weights of seed 0."""
     seed_given = values.get("seed")
     scale_text = values.pop("backbone_scale")
     scale: float | None = None  # auto: resolved from the target resolution by the export
@@ -202,9 +201,7 @@ def model_config_from_options(values: dict[str, Any], say: Callable[[str], None]
     )
     checkpoint = values.pop("checkpoint")
     if checkpoint is None and seed_given is None and demo_fits(config) and demo_available():
-        checkpoint = str(DEMO_WEIGHTS_PATH)
-        if say is not None:
-            say(f"using the {DEMO_NOTE}")
+        checkpoint = str(DEMO_WEIGHTS_PATH)  # the export announces them when it builds the model
     return config, checkpoint
 
 

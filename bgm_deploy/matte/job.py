@@ -288,7 +288,9 @@ def matte(
             raise UsageError("no model to matte with: pass --model FILE (an exported model), --checkpoint FILE (PyTorch "
                              "weights) or --server URL")
         model = dataclasses.replace(model or ModelSpec(), checkpoint=str(DEMO_WEIGHTS_PATH))
-        say(f"no model given: using the {DEMO_NOTE}")
+        demo = True
+    else:
+        demo = False
     if cluster is not None:
         check_cluster_job(options, footage, live, sequence, servers, model)
     spec = model if isinstance(model, ModelSpec) else None
@@ -299,6 +301,8 @@ def matte(
         spec.check()  # the target runs the format and is usable here, before any decoding
     if options.align:
         import_cv2()  # fail before loading the model, with the install hint
+    if demo:
+        say(f"no model given: using the {DEMO_NOTE}")
     if footage:
         return _matte_footage(src, bgr, output, model, options, servers, report_path, progress, say, started, cluster)
     return _matte_photos(src, bgr, output, model, options, servers, report_path, progress, say, started, cluster)

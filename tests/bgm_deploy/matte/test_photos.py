@@ -128,7 +128,7 @@ def test_size_mismatch_and_resize(tmp_path: Path, onnx_model: Path, pairs_dir: P
     assert code == 0, output
     assert Image.open(tmp_path / "b" / "pha" / "src.png").size == (320, 240)
     code, output = _run(*args, "-o", str(tmp_path / "c"), "--resize", "320by240")
-    assert code == 2 and "WxH" in output
+    assert code == 2 and "WIDTHxHEIGHT" in output
 
 
 def test_usage_errors(tmp_path: Path, onnx_model: Path, pairs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
