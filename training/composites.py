@@ -79,6 +79,13 @@ class PlateConfig:
         absolute_shift: ``max_shift`` is in pixels of the sample itself (crops of a large photo,
             as the refine stage sees them); otherwise it is scaled by ``max(H, W) / 1920`` (at
             least 0.35), as for a whole photo downsampled to the sample size.
+        empty_share: share of samples with no subject at all (alpha 0 everywhere): with a
+            perturbed plate these are hard negatives, where every difference between the
+            photo and the plate is background.
+        frame_size: ``(height, width)`` of the whole photo a sample is a crop of: the plate is
+            rotated about that photo's centre (the crop lies at a random place in it), so a
+            crop far from the centre also moves by the rotation (about 19 px at 1 degree for a
+            640 px crop at the edge of a 1920x1080 photo). ``None``: about the sample's centre.
     """
 
     misalign_share: float = 0.5
@@ -90,6 +97,14 @@ class PlateConfig:
     max_noise: float = 0.02
     absolute_shift: bool = False
     camouflage_share: float = 0.25
+    empty_share: float = 0.03
+    frame_size: tuple[int, int] | None = None
+
+
+# The refine stage's composites from the v2 recipe on (``train.RECIPES["refine-v2"]``): crops of
+# a 1920x1080 photo whose plate is more often misaligned, rotated about the photo's centre, and
+# more crops without a subject (hard negatives for false foreground).
+REFINE_PLATE = PlateConfig(misalign_share=0.7, absolute_shift=True, empty_share=0.1, frame_size=(1080, 1920))
 
 
 @cache
@@ -384,10 +399,11 @@ def _camouflage(rng: np.random.Generator, behind: np.ndarray, fgr: np.ndarray) -
 # Capture effects
 
 
-def _warp(image: np.ndarray, dx: float, dy: float, degrees: float) -> np.ndarray:
-    """Shifts and rotates about the centre; borders replicate (the plate still covers the frame)."""
+def _warp(image: np.ndarray, dx: float, dy: float, degrees: float, centre: tuple[float, float] | None = None) -> np.ndarray:
+    """Shifts and rotates about ``centre`` (x, y; default the image's centre); borders reflect
+    (the plate still covers the frame)."""
     h, w = image.shape[:2]
-    matrix = cv2.getRotationMatrix2D((w / 2, h / 2), degrees, 1.0)
+    matrix = cv2.getRotationMatrix2D(centre or (w / 2, h / 2), degrees, 1.0)
     matrix[:, 2] += (dx, dy)
     return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
@@ -428,6 +444,9 @@ def make_sample(seed: int, index: int, size: tuple[int, int], split: str = "trai
     # Margin so that a shifted/rotated plate is still real scene content at the borders.
     scale = 1.0 if plate.absolute_shift else max(max(h, w) / 1920, 0.35)
     margin = math.ceil(plate.max_shift * scale + max(h, w) * math.sin(math.radians(plate.max_rotation))) + 2
+    if plate.frame_size is not None:  # rotation about a centre up to half the photo away
+        fh, fw = plate.frame_size
+        margin += math.ceil(math.hypot(max(fh - h, 0), max(fw - w, 0)) / 2 * math.sin(math.radians(plate.max_rotation)))
     scene = _scene(rng, names, h + 2 * margin, w + 2 * margin)
 
     fgr = _image_crop(rng, names, h, w) if rng.random() < 0.55 else _procedural_texture(rng, h, w)
@@ -435,7 +454,7 @@ def make_sample(seed: int, index: int, size: tuple[int, int], split: str = "trai
         fgr = np.clip(fgr * (0.5 + 0.9 * _smooth_noise(rng, h, w, 2, 2))[..., None], 0, 1)
     if rng.random() < plate.camouflage_share:
         fgr = _camouflage(rng, scene[margin : margin + h, margin : margin + w], fgr)
-    alpha = _alpha(rng, h, w, split) if rng.random() > 0.03 else np.zeros((h, w), np.float32)
+    alpha = _alpha(rng, h, w, split) if rng.random() >= plate.empty_share else np.zeros((h, w), np.float32)
     if rng.random() < 0.15:
         alpha, fgr = _motion_blur(rng, alpha, fgr)
     fgr = fgr.astype(np.float32)
@@ -453,7 +472,13 @@ def make_sample(seed: int, index: int, size: tuple[int, int], split: str = "trai
     if rng.random() < plate.misalign_share:
         shift = rng.uniform(0, plate.max_shift) * scale
         direction = rng.uniform(0, 2 * math.pi)
-        bgr = _warp(scene, shift * math.cos(direction), shift * math.sin(direction), rng.uniform(-plate.max_rotation, plate.max_rotation))
+        degrees = rng.uniform(-plate.max_rotation, plate.max_rotation)
+        centre = None
+        if plate.frame_size is not None:  # the photo's centre, seen from a crop at a random place in it
+            fh, fw = plate.frame_size
+            oy, ox = rng.uniform(-1, 1, 2) * (max(fh - h, 0) / 2, max(fw - w, 0) / 2)
+            centre = (scene.shape[1] / 2 + ox, scene.shape[0] / 2 + oy)
+        bgr = _warp(scene, shift * math.cos(direction), shift * math.sin(direction), degrees, centre)
     bgr = bgr[margin : margin + h, margin : margin + w]
     if rng.random() < plate.light_share:  # auto exposure / white balance differ between the two shots
         bgr = bgr * rng.uniform(0.85, 1.15) * rng.uniform(0.95, 1.05, 3) + rng.uniform(-0.04, 0.04)
@@ -479,6 +504,7 @@ def make_batch(seed: int, first_index: int, count: int, size: tuple[int, int], s
     return batch
 
 
-def validation_set(count: int, size: tuple[int, int], seed: int = 1_000_003) -> dict[str, np.ndarray]:
-    """The held-out synthetic set: validation images only, a seed no training run uses."""
-    return make_batch(seed, 0, count, size, split="val")
+def validation_set(count: int, size: tuple[int, int], seed: int = 1_000_003, plate: PlateConfig | None = None) -> dict[str, np.ndarray]:
+    """The held-out synthetic set: validation images only, a seed no training run uses.
+    The first ``n`` samples of a larger set are the set of ``n`` (same seed and plate)."""
+    return make_batch(seed, 0, count, size, split="val", plate=plate)
