@@ -14,7 +14,7 @@ from pathlib import Path
 
 DEMO_BACKBONE = "mobilenetv2"
 DEMO_WEIGHTS_PATH = Path(__file__).resolve().parent / "weights" / "demo_mobilenetv2.pth"
-DEMO_SHA256 = "4d478ed6e4826b6ea08e76b27e49dbaf380b5e91da45768f12f440ca08dd25c3"
+DEMO_SHA256 = "d341c57c11a0fd34bb6f3da441046b444a171053ed24f81208ec48e5e873166f"
 
 
 def demo_available() -> bool:

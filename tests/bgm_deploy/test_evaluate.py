@@ -100,3 +100,19 @@ def test_write_samples_refuses_to_replace(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="already exists"):
         write_samples(tmp_path)
     assert len(write_samples(tmp_path, overwrite=True)) == 9
+
+
+def test_evaluate_reproduces_the_committed_demo_weights_scores(tmp_path: Path) -> None:
+    """`bgm-deploy evaluate` with no model scores the demo weights on the bundled pairs: the
+    numbers committed in benchmarks/results/demo_weights_quality.json (and quoted in the README
+    and model/weights/README.md), from the same metrics at the same settings."""
+    committed = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+                            / "demo_weights_quality.json").read_text())
+    report = tmp_path / "scores.json"
+    result = CliRunner().invoke(cli, ["evaluate", "--json", str(report)])
+    assert result.exit_code == 0, result.output
+    assert "demo weights" in result.output
+    data = json.loads(report.read_text())
+    for metric, value in committed["mean_as_given"].items():
+        assert data["mean"][metric] == pytest.approx(value, rel=1e-3, abs=1e-4), metric
+    assert data["mean"]["mse"] <= 0.01  # the goal the demo weights were trained for
