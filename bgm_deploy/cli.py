@@ -297,6 +297,7 @@ def matte(state: Context, src: str, bgr: str, output: str, outputs: str, formats
     # deferred: the API loads torch (see the module docstring)
     from .matte import ClusterOptions, MatteOptions, ServerOptions, parse_formats
     from .matte import matte as run_matte
+    from .matte.footage import is_video_job
     from .progress import JobProgress
 
     if servers:
@@ -330,7 +331,7 @@ def matte(state: Context, src: str, bgr: str, output: str, outputs: str, formats
     if ray_workers is not None and ray_address is None:
         raise UsageError("--ray-workers applies with --ray only; add --ray local|auto|ADDRESS or drop it")
     cluster = ClusterOptions(ray_address, workers=ray_workers) if ray_address is not None else None
-    printer = JobProgress("img", quiet=state.quiet)
+    printer = JobProgress("frames" if is_video_job(src, bgr, sequence, src_format) else "img", quiet=state.quiet)
     try:
         report = run_matte(src, bgr, output, None if servers else spec, options, servers=server_options,
                            report_path=report_path, progress=printer, status=printer.status, sequence=sequence,
