@@ -58,8 +58,9 @@ def test_ci_installs_what_the_readme_says() -> None:
     assert install in readme and install in ci
     assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
     assert "BGM_DEPS" in ci and "BGM_DEPS=latest bash .ci/run" in readme
-    serve = "pip install --no-deps -r requirements-serve.txt"
-    assert serve in readme and serve in ci
+    for extra in ("requirements-serve.txt", "requirements-litert.txt"):
+        line = f"pip install --no-deps -r {extra}"
+        assert line in readme and line in ci, line
 
 
 def test_readme_lists_the_pinned_versions() -> None:
