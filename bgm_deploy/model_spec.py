@@ -26,7 +26,6 @@ from typing import Any
 
 from exporters.metadata import detect_format, read_metadata
 from exporters.paths import check_input_file, looks_like_checkpoint
-from model.checkpoint import config_for_checkpoint, read_checkpoint
 from model.config import ModelConfig
 from model.errors import ModelFileError, UsageError
 from runtimes import BaseRunner, create_runner
@@ -163,6 +162,8 @@ class ModelSpec:
         if self.model is not None:
             return read_metadata(self.model, self.config_file).model_config
         if self.checkpoint is not None:
+            from model.checkpoint import config_for_checkpoint, read_checkpoint  # deferred: torch, only for checkpoints
+
             _, info = read_checkpoint(self.checkpoint)
             base = {"model_type": info.model_type, "backbone": info.backbone,
                     "refine_kernel_size": info.refine_kernel_size or 3}

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 
-from model.checkpoint import config_for_checkpoint, read_checkpoint
 from model.config import ModelConfig
 from model.errors import ModelFileError, UsageError
 from runtimes import BaseRunner
@@ -145,8 +144,12 @@ class Predictor:
         spec = spec_for_config(model_config, checkpoint, target=target, threads=threads,
                                allow_fallback=allow_fallback, options=options or {}, padding=padding)
         config = None
-        if model_config is not None:
-            config = config_for_checkpoint(model_config, checkpoint) if checkpoint is not None else model_config
+        if model_config is not None and checkpoint is not None:
+            from model.checkpoint import config_for_checkpoint  # deferred: torch, only for checkpoints
+
+            config = config_for_checkpoint(model_config, checkpoint)
+        elif model_config is not None:
+            config = model_config
         return cls.from_spec(spec, model_config=config, shared_cores=shared_cores)
 
     @classmethod
@@ -291,6 +294,8 @@ def config_from_checkpoint(checkpoint: str | Path, **overrides: Any) -> ModelCon
     Raises:
         CheckpointError: unreadable file; UsageError: an override is not valid.
     """
+
+    from model.checkpoint import config_for_checkpoint, read_checkpoint  # deferred: torch, only for checkpoints
 
     _, info = read_checkpoint(checkpoint)
     settings: dict[str, Any] = {

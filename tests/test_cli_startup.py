@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -53,3 +54,25 @@ def test_stage_prints_start_heartbeat_and_times_the_block() -> None:
     assert lines[0] == "simplify: onnxsim"
     assert any(line.startswith("simplify: still running") for line in lines[1:])
     assert timing["seconds"] >= 0.3
+
+
+def test_an_exported_model_runs_without_importing_torch(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A Ray worker (or any process) that mattes with an exported ONNX file never imports torch:
+    importing it took ~2 s of each worker's start (benchmarks/results/ray.json, worker start)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent / "runtimes"))
+    import model_files
+
+    onnx_model = model_files.model_file("onnx", tmp_path_factory.getbasetemp() / "bgm_models")
+    code = f"""
+import sys
+import numpy as np
+import bgm_deploy.matte.cluster  # what a Ray worker imports
+from bgm_deploy import ModelSpec, Predictor
+predictor = Predictor.from_spec(ModelSpec(model={str(onnx_model)!r}))
+frame = np.zeros((128, 160, 3), np.uint8)
+assert predictor.predict(frame, frame, ("pha",)).pha.shape[:2] == (128, 160)
+print("TORCH:" + str("torch" in sys.modules))
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "TORCH:False" in result.stdout, result.stdout

@@ -75,6 +75,7 @@ def _local_project_imports() -> list[tuple[str, int, bool]]:
 # bgm_deploy only after initialize() extends sys.path; export recipe modules, read by --help for
 # their --format choices, defer the torch.export step (exporters.static_export) to their export function.
 DEFERRING_FILES = ("bgm_deploy/cli.py", "bgm_deploy/cli_options.py", "bgm_deploy/serve/triton_model.py",
+                   "bgm_deploy/predictor.py", "bgm_deploy/model_spec.py",
                    "runtimes/pytorch.py", "runtimes/tensorrt.py",
                    "exporters/executorch.py", "exporters/aoti.py", "exporters/litert.py", "exporters/coreml.py")
 

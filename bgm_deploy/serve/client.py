@@ -30,7 +30,9 @@ from model.errors import BgmDeployError, MissingExtraError, ServeError, UsageErr
 
 from ..images import pil_to_rgb, to_uint8
 from ..predictor import PADDING_MODES, Prediction
-from .repository import SERVE_EXTRA_HINT
+
+# How to install the serving packages; said by every serve path that misses one.
+SERVE_EXTRA_HINT = "pip install --no-deps -r requirements-serve.txt (see docs/serve.md)"
 
 log = logging.getLogger(__name__)
 

@@ -38,6 +38,7 @@ from model.errors import MissingExtraError, ServeError, UsageError
 from ..export import export
 from ..model_spec import ModelSpec
 from ..predictor import Predictor
+from .client import SERVE_EXTRA_HINT
 from .kubernetes import KubernetesOptions, check_manifest_dir, write_manifests
 
 FLAVOURS = ("python", "onnxruntime")
@@ -50,7 +51,6 @@ _SERVED_CHANNELS = {"pha": None, "fgr": 3, "rgba": 4}
 DEFAULT_MAX_PIXELS = 3840 * 2160
 MODEL_PY = "model.py"
 REPORT_SCHEMA_VERSION = 1
-SERVE_EXTRA_HINT = "pip install --no-deps -r requirements-serve.txt (see docs/serve.md)"
 
 Progress = Callable[[str], None]
 
