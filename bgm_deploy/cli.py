@@ -22,12 +22,12 @@ from typing import Any, Callable
 
 import click
 
-from exporters.config import DEFAULT_EXPORTER, DEFAULT_TRACE_RESOLUTION, OnnxConfig, TorchScriptConfig
+from exporters.config import DEFAULT_TRACE_RESOLUTION, TorchScriptConfig
 from exporters.recipes import ORIGINAL_RECIPE as ORIGINAL_BACKEND
 from exporters.registered import RecipeConfig, get_recipe, recipes
-from runtimes.targets import targets
-from model.config import ModelConfig, parse_size
+from model.config import parse_size
 from model.errors import BgmDeployError, UsageError
+from runtimes.targets import targets
 
 from . import __version__
 from .cli_options import (

@@ -19,8 +19,8 @@ from model.config import ModelConfig
 from model.errors import ModelFileError, UsageError
 from runtimes import BaseRunner
 
-from .model_spec import ModelSpec, spec_for_config
 from .images import pil_to_rgb, to_uint8
+from .model_spec import ModelSpec, spec_for_config
 
 log = logging.getLogger(__name__)
 
