@@ -4,8 +4,8 @@ bundled sample pair.
 
     python -m benchmarks.web_screenshot --site site --out docs/images/web_page.png
 
-Export the site first (``bgm-deploy export --format web -o site``; with the synthetic
-weights the matte itself is meaningless, pass ``--checkpoint`` for a real one).
+Export the site first (``bgm-deploy export --format web -o site``: the bundled demo weights
+unless ``--checkpoint`` or ``--seed`` says otherwise).
 """
 
 from __future__ import annotations
