@@ -118,9 +118,15 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
     temp = tmp_path_factory.mktemp("ray")
     node = {"num_cpus": 1, "object_store_memory": 80 << 20, "node_ip_address": "127.0.0.1", "include_dashboard": False}
+    # Ray's Cluster writes the head's address to $RAY_TMPDIR/ray/ray_current_cluster without
+    # creating that folder (/tmp/ray when unset, absent on a fresh machine): keep it in tmp.
+    (temp / "ray").mkdir()
+    saved = os.environ.get("RAY_TMPDIR")
+    os.environ["RAY_TMPDIR"] = str(temp)
     started = time.perf_counter()
-    cluster = Cluster(initialize_head=True, head_node_args={**node, "temp_dir": str(temp)})
+    cluster = Cluster(initialize_head=False)
     try:
+        cluster.add_node(**node, temp_dir=str(temp))  # the first node is the head
         cluster.add_node(**node)
         cluster.wait_for_nodes(timeout=120)
         assert time.perf_counter() - started < 120, "the test cluster took too long to start"
@@ -128,7 +134,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     finally:
         if ray.is_initialized():
             ray.shutdown()
-        cluster.shutdown()
+        cluster.shutdown()  # also when a node failed to start: no Ray process outlives the tests
+        if saved is None:
+            os.environ.pop("RAY_TMPDIR", None)
+        else:
+            os.environ["RAY_TMPDIR"] = saved
 
 
 def _options(cluster: Any, **fields: Any) -> ClusterOptions:
