@@ -8,4 +8,8 @@
   :class:`~bgm_deploy.predictor.Predictor` inside Triton (copied into repositories).
 * :mod:`.client` — :class:`~bgm_deploy.serve.client.TritonMatteClient`, a drop-in predictor
   for ``matte --server``.
+* :mod:`.guard` — the request guard ``serve`` puts in front of Triton's HTTP port (bounds
+  every inference request's declared size before Triton allocates it).
+* :mod:`.kubernetes` — Deployment, Service, HPA and KServe manifests for a repository
+  (``export --format triton --k8s DIR``).
 """

@@ -29,7 +29,7 @@ import numpy as np
 from model.errors import BgmDeployError, MissingExtraError, ServeError, UsageError
 
 from ..images import pil_to_rgb, to_uint8
-from ..predictor import PADDING_MODES, Prediction
+from ..predictor import _MULTIPLE, PADDING_MODES, Prediction
 
 # How to install the serving packages; said by every serve path that misses one.
 SERVE_EXTRA_HINT = "pip install --no-deps -r requirements-serve.txt (see docs/serve.md)"
@@ -40,7 +40,6 @@ PROTOCOLS = ("http", "grpc")
 DEFAULT_CONCURRENCY = 4
 _LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 _TRITON_DTYPES = {"UINT8": np.uint8, "FP32": np.float32}
-_MULTIPLE = {"refine": 4, "base": 1}
 
 
 @dataclass(frozen=True)
@@ -374,7 +373,9 @@ class TritonMatteClient:
             return np.ascontiguousarray(array), batched
         if array.dtype == np.uint8:
             return array.astype(np.float32) / np.float32(255), batched
-        if np.issubdtype(array.dtype, np.floating):
+        if np.issubdtype(array.dtype, np.floating):  # float64/float16: the server's dtype
+            if self.info.io_dtype == np.float32:
+                return np.ascontiguousarray(array, dtype=np.float32), batched
             return to_uint8(array), batched
         raise UsageError(f"{name} has dtype {array.dtype}; expected uint8 or float in 0..1")
 

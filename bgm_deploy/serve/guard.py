@@ -26,6 +26,7 @@ import json
 import logging
 import socket
 import sys
+import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -121,7 +122,14 @@ class _Relay(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def _relay(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:  # rfile.read(-1) would read until the client hangs up, unbounded
+            self._answer(400, f"Content-Length {self.headers.get('Content-Length')!r} is not a byte count")
+            self.close_connection = True
+            return
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             self._answer(411, "send a Content-Length (chunked requests are not accepted)")
             self.close_connection = True
@@ -132,7 +140,9 @@ class _Relay(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else b""
-        if self.command == "POST" and self.path.rstrip("/").endswith("/infer"):
+        # Triton routes on the path without the query string: "/infer?x" is an inference too.
+        path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).rstrip("/")
+        if self.command == "POST" and path.endswith("/infer"):
             problem = self._check_infer(body)
             if problem is not None:
                 self._answer(400, problem)
@@ -165,11 +175,14 @@ class _Relay(BaseHTTPRequestHandler):
             if not 0 <= size <= len(body):
                 return f"Inference-Header-Content-Length {header_size} does not fit the body of {len(body)} bytes"
             header = json.loads(body[:size])
-        except (ValueError, UnicodeDecodeError) as exc:
-            return f"the request's JSON header does not parse ({exc})"
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            return f"the request's JSON header does not parse ({type(exc).__name__}: {exc})"
         if not isinstance(header, dict):
             return "the request's JSON header must be an object"
-        return check_request(header, self.server.limits)
+        try:
+            return check_request(header, self.server.limits)
+        except (TypeError, RecursionError) as exc:  # odd JSON types (parameters not an object, data nested too deep)
+            return f"the request's JSON header is malformed ({type(exc).__name__})"
 
     do_GET = _relay
     do_POST = _relay

@@ -290,12 +290,24 @@ def write_model_dir(repository: str | Path, name: str, files: dict[str, Path | s
             else:
                 path.write_text(content)
         os.chmod(staging, 0o755)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
+        # The old folder is moved aside, not deleted first: a failure in between keeps it.
+        old = staging.with_name(staging.name[: -len(".part")] + ".old") if target.exists() else None
+        if old is not None:
+            os.replace(target, old)
+        try:
+            os.replace(staging, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, target)
+            raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if old is not None:
+        if old.is_dir():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
     return target
 
 

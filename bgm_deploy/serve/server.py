@@ -311,10 +311,13 @@ class TritonServer:
     def restart(self) -> None:
         """Starts tritonserver again on the same ports and repository (after it died)."""
         process, self._process = self._process, None
-        if process is not None and process.poll() is None:
+        if process is not None:
+            # Also when the server is already gone: its stubs share its process group and must
+            # not outlive it (as in stop()).
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=10)
         self._launch()
         self._wait_ready()
 

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -242,8 +243,9 @@ def test_bad_requests_get_clear_errors_while_good_requests_succeed(cli_server: d
         assert np.array_equal(to_uint8(client.predict(src, bgr, ("pha",)).pha), want)
 
 
-def _post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str]:
-    request = urllib.request.Request(f"{url}/v2/models/bgm/infer", data=body,
+def _post(url: str, body: bytes, headers: dict[str, str] | None = None,
+          path: str = "/v2/models/bgm/infer") -> tuple[int, str]:
+    request = urllib.request.Request(f"{url}{path}", data=body,
                                      headers={"Content-Type": "application/json", **(headers or {})})
     try:
         with urllib.request.urlopen(request, timeout=60) as response:
@@ -271,6 +273,19 @@ def test_a_request_of_any_declared_size_is_answered_and_the_server_keeps_serving
     for body, headers, expected in cases:
         status, text = _post(cli_server["http"], body, headers)
         assert status == 400 and expected in json.loads(text)["error"], (status, text)
+    # Triton routes on the decoded path without the query string: so does the guard.
+    for path in ("/v2/models/bgm/infer?x=1", "/v2/models/bgm/inf%65r"):
+        status, text = _post(cli_server["http"], json.dumps(huge).encode(), path=path)
+        assert status == 400 and "over this server's limit" in json.loads(text)["error"], (path, status, text)
+    for body, expected in ((b"[" * 100_000 + b"]" * 100_000, "does not parse"),
+                           (json.dumps({"inputs": [{"name": "src", "shape": [1, 48, 64, 3], "datatype": "UINT8", "parameters": 5,
+                                                        "data": [1]}]}).encode(), "malformed")):
+        status, text = _post(cli_server["http"], body)
+        assert status == 400 and expected in json.loads(text)["error"], (status, text[:200])
+    host, port = cli_server["http"].removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=30) as raw:  # urllib would fix the header
+        raw.sendall(b"POST /v2/models/bgm/infer HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n")
+        assert raw.recv(4096).split(b"\r\n", 1)[0].endswith(b"400 Bad Request")
     assert cli_server["process"].poll() is None  # still running
     src, bgr = _images(11)
     with TritonMatteClient(cli_server["http"]) as client:  # the next good request succeeds
