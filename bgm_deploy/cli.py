@@ -395,6 +395,8 @@ def serve_command(
             raise UsageError(f"pass the model once: MODEL {model_file} or --model {model['model']}")
         model["model"] = model_file
     spec = spec_from_options(model, padding="replicate")
+    if repository is not None and not spec.is_empty:
+        raise UsageError("pass either --repository or a model (MODEL/--checkpoint/--seed), not both")
     chosen = None
     if dynamic_batching is None and not spec.is_empty:
         dynamic_batching, chosen = default_dynamic_batching(spec)
@@ -404,8 +406,6 @@ def serve_command(
         instances=instances, outputs=tuple(o.strip() for o in outputs.split(",") if o.strip()),
         io_dtype=io_dtype, max_pixels=max_pixels, pad=pad,
     )
-    if repository is not None and not spec.is_empty:
-        raise UsageError("pass either --repository or a model (MODEL/--checkpoint/--seed), not both")
     config = ServeConfig(spec=None if spec.is_empty else spec, options=options, host=host, http_port=http_port,
                          grpc_port=grpc_port, metrics_port=metrics_port, log_path=log_path, repository=repository,
                          max_restarts=max_restarts)
@@ -485,6 +485,12 @@ def export_command(state: Context, fmt: str, output: str, overwrite: bool, resol
         raise UsageError("--ort-dist only applies with --format web")
     if fmt != "triton" and (groups["k8s_dir"] is not None or groups["model_uri"] is not None):
         raise UsageError("--k8s and --model-uri apply with --format triton only (manifests that run its repository)")
+    engine_only = [flag for flag, key in (("--from-onnx", "from_onnx"), ("--engine-preset", "engine_preset"),
+                                          ("--timing-cache", "timing_cache")) if groups[key] is not None]
+    if fmt != "tensorrt" and engine_only:
+        one = len(engine_only) == 1
+        raise UsageError(f"{', '.join(engine_only)} appl{'ies' if one else 'y'} with --format tensorrt only (the "
+                         f"engine build); drop {'it' if one else 'them'}")
     if fmt == "web":  # a static site around the web-ready model: bgm_deploy/web, docs/web.md
         from .web.site import export_web
 
@@ -502,6 +508,9 @@ def export_command(state: Context, fmt: str, output: str, overwrite: bool, resol
     script_config = TorchScriptConfig(precision=precision, outputs=names) if fmt == "torchscript" else None
     progress = lambda message: state.echo(message, err=True)  # noqa: E731
     if fmt == "triton":
+        if run_verify:
+            raise UsageError("--verify does not apply to --format triton: the ONNX export inside it is re-checked "
+                             "against PyTorch; run bgm-deploy verify on an --format onnx export of the same model")
         served, exported = triton_export_outputs(groups["triton_backend"], names)
         triton_options = TritonModelOptions(
             name=groups["triton_name"], max_batch_size=groups["max_batch_size"],
@@ -518,14 +527,15 @@ def export_command(state: Context, fmt: str, output: str, overwrite: bool, resol
             click.echo(f"kubernetes: {', '.join(repo.manifests)} (validated offline, unverified on a cluster)")
         return
     if fmt == "tensorrt":
+        if run_verify or json_path is not None:
+            raise UsageError("--verify and --json do not apply to --format tensorrt (the engine build writes no "
+                             "report); check the engine on the GPU with: bgm-deploy verify ENGINE")
         engine = EngineConfig(precision=precision, preset=groups["engine_preset"], workspace_mib=groups["workspace_mib"],
                               timing_cache=groups["timing_cache"])
         info = export_engine(output, engine, model_config, onnx_config, checkpoint=checkpoint,
                              from_onnx=groups["from_onnx"], progress=progress, resolution=size, overwrite=overwrite)
         click.echo(f"{info.engine_path} (sidecar {info.sidecar_path})")
         return
-    if groups["from_onnx"] is not None:
-        raise UsageError("--from-onnx only applies with --format tensorrt")
     recipe_config = None
     if get_recipe(fmt) is not None:  # a registered format: its settings from the same options
         recipe_config = RecipeConfig(resolution=size or DEFAULT_TRACE_RESOLUTION, batch=onnx_batch, precision=precision,

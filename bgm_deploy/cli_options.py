@@ -32,10 +32,13 @@ if TYPE_CHECKING:
     from .model_spec import ModelSpec
 
 F = Callable[..., Any]
-# Parameters the groups add, popped by spec_from_options / target_from_options.
-TARGET_PARAMS = ("target", "allow_fallback", "threads", "provider", "runtime")
-MODEL_PARAMS = ("model", "checkpoint", "config_file", "seed", "backbone", "backbone_scale", "refine_mode",
-                "refine_sample_pixels", "refine_threshold")
+
+
+def _apply(func: F, decorators: list[Callable[[F], F]]) -> F:
+    """``func`` under ``decorators``, the first one outermost (as if stacked in that order)."""
+    for decorate in reversed(decorators):
+        func = decorate(func)
+    return func
 
 
 class TargetChoice(click.ParamType):
@@ -76,14 +79,12 @@ def target_options(func: F) -> F:
         decorators.append(click.option(option.flag, _option_param(option.flag), default=None,
                                        type=click.Choice(option.choices) if option.choices else str,
                                        help=f"{option.help} [{option.default}]."))
-    for decorate in reversed(decorators):
-        func = decorate(func)
-    return func
+    return _apply(func, decorators)
 
 
 def model_options(func: F) -> F:
     """Adds ``--model`` / ``--checkpoint`` / ``--config`` / ``--seed`` and the refine settings."""
-    decorators = [
+    return _apply(func, [
         click.option("--model", type=click.Path(), default=None,
                      help="Exported model (.onnx, TorchScript .pt, .engine, ...)."),
         click.option("--checkpoint", type=click.Path(), default=None,
@@ -101,10 +102,7 @@ def model_options(func: F) -> F:
                      help="With --checkpoint: pixels refined in sampling mode, 16 or more [80000]."),
         click.option("--refine-threshold", type=float, default=None,
                      help="With --checkpoint: error threshold in thresholding mode, 0..1 [0.1]."),
-    ]
-    for decorate in reversed(decorators):
-        func = decorate(func)
-    return func
+    ])
 
 
 def target_from_options(values: dict[str, Any]) -> tuple[str | None, dict[str, Any], dict[str, Any]]:
@@ -147,12 +145,6 @@ def spec_from_options(values: dict[str, Any], padding: str = "replicate") -> Mod
 
 
 # -- export ------------------------------------------------------------------------------------
-def _apply(func: F, decorators: list[Callable[[F], F]]) -> F:
-    for decorate in reversed(decorators):
-        func = decorate(func)
-    return func
-
-
 def weights_options(func: F) -> F:
     """The model an export builds: architecture, weights, refine settings."""
     return _apply(func, [
@@ -280,7 +272,8 @@ def kubernetes_from_options(values: dict[str, Any], name: str) -> tuple[Any, str
     """Pops the ``--k8s`` options of :func:`triton_options`: ``(KubernetesOptions or None, folder)``.
 
     Raises:
-        UsageError: a --k8s option without --k8s, or --k8s without --model-uri.
+        UsageError: --model-uri without --k8s, or --k8s without --model-uri (the other --k8s
+            options have defaults, so they cannot be told from unset ones).
     """
     # deferred: the serve package loads torch (the predictor), which --help must not load
     from .serve.kubernetes import KubernetesOptions

@@ -3,10 +3,11 @@
 Every job (photo and video matting, serving, the Triton model, verify, bench, a Ray worker)
 takes a :class:`ModelSpec` or a :class:`~bgm_deploy.predictor.Predictor` loaded from one,
 never its own loose loader arguments; the CLI builds the spec with one shared option group
-(``bgm_deploy.cli``). A spec is checked before any work (:meth:`ModelSpec.check`: files
-exist, the target runs the file's format and is usable here, options apply) and turned into
-a predictor by :meth:`ModelSpec.load`, the one loader. It serialises to JSON, so a Triton
-model instance or a cluster worker in another process loads exactly the same thing.
+(``bgm_deploy.cli_options``). A spec is checked before any work (:meth:`ModelSpec.check`:
+files exist, the target runs the file's format and is usable here, options apply), and its
+target's runner is built by :meth:`ModelSpec.create_runner`, behind the one loader
+:meth:`~bgm_deploy.predictor.Predictor.from_spec`. It serialises to JSON, so a Triton model
+instance or a cluster worker in another process loads exactly the same thing.
 
 The model is one of:
 

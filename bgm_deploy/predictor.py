@@ -104,7 +104,7 @@ class Predictor:
         shared_cores: bool = False,
     ) -> Predictor:
         """Loads a model and activates its runner (a :class:`~bgm_deploy.model_spec.ModelSpec`
-        built from the arguments, loaded by :meth:`ModelSpec.load`).
+        built from the arguments, loaded by :meth:`from_spec`).
 
         Args:
             path: an exported model (``.onnx``, TorchScript ``.pt``, TensorRT ``.engine``, ...)
@@ -121,7 +121,7 @@ class Predictor:
             padding: ``"replicate"`` or ``"reflect"``, for sizes not divisible by 4.
             config_file: with ``path``: its metadata JSON (the ``<file>.bgm.json`` export wrote).
             options: the target's own options (e.g. ``{"precision": "f32"}`` for OpenVINO).
-            shared_cores: other threads of this process need the cores (see ModelSpec.load).
+            shared_cores: other threads of this process need the cores (see :meth:`from_spec`).
 
         Raises:
             UsageError, ModelFileError, CheckpointError, RuntimeUnavailableError.
@@ -285,30 +285,6 @@ class Predictor:
                 if value is not None:
                     setattr(result, key, value[0])
         return result
-
-
-def config_from_checkpoint(checkpoint: str | Path, **overrides: Any) -> ModelConfig:
-    """A :class:`ModelConfig` for a checkpoint: architecture from its keys, other settings
-    from ``overrides`` (None values ignored), its sha256 recorded.
-
-    Raises:
-        CheckpointError: unreadable file; UsageError: an override is not valid.
-    """
-
-    from model.checkpoint import config_for_checkpoint, read_checkpoint  # deferred: torch, only for checkpoints
-
-    _, info = read_checkpoint(checkpoint)
-    settings: dict[str, Any] = {
-        "model_type": info.model_type,
-        "backbone": info.backbone,
-        "refine_kernel_size": info.refine_kernel_size or 3,
-    }
-    settings.update({key: value for key, value in overrides.items() if value is not None})
-    try:
-        config = ModelConfig(**settings)
-    except TypeError as exc:
-        raise UsageError(f"model settings {sorted(overrides)} are not all ModelConfig fields: {exc}") from None
-    return config_for_checkpoint(config, checkpoint)
 
 
 def _check_outputs(outputs: Any, available: tuple[str, ...], source: str) -> tuple[str, ...]:

@@ -22,7 +22,7 @@ import numpy as np
 
 from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
 
-from .base import BaseRunner, Dim, TensorMeta, check_threads
+from .base import BaseRunner, Dim, TensorMeta, check_threads, to_numpy
 from .registry import register_runner
 from .targets import LoadRequest, Target, TargetOption, module_missing, register_target
 
@@ -138,7 +138,7 @@ class OpenVinoRunner(BaseRunner):
         )
 
     def _infer(self, feeds: dict[str, Any]) -> dict[str, np.ndarray]:
-        arrays = {key: np.ascontiguousarray(_to_numpy(value)) for key, value in feeds.items()}
+        arrays = {key: np.ascontiguousarray(to_numpy(value)) for key, value in feeds.items()}
         try:
             results = self._request.infer(arrays)
         except RuntimeError as exc:
@@ -148,14 +148,6 @@ class OpenVinoRunner(BaseRunner):
         # Ports in graph order; the request reuses its output buffers between calls: copy.
         values = [np.array(results[port], copy=True) for port in self.compiled.outputs]
         return dict(zip(self._names[1], values))
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if isinstance(value, np.ndarray):
-        return value
-    if hasattr(value, "detach"):  # torch tensor
-        return value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 def _build(request: LoadRequest) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import numpy as np
 from model.errors import RunnerError, UsageError
 from model.spec import INPUT_NAMES, OUTPUT_NAMES
 
-from .base import BaseRunner, TensorMeta
+from .base import BaseRunner, TensorMeta, check_threads
 from .providers import to_tensor, torch_device
 from .registry import register_runner
 from .targets import LoadRequest, Target, cuda_missing, register_target
@@ -54,8 +54,10 @@ class PyTorchRunner(BaseRunner):
         allow_fallback: bool = False,
         dtype: str = "float32",
         outputs: tuple[str, ...] | list[str] | None = None,
+        threads: int | None = None,
     ) -> None:
         super().__init__()
+        check_threads(threads)
         if (model_config is None) == (module is None):
             raise UsageError("the pytorch runner needs exactly one of model_config= or module= (got "
                              f"{'both' if module is not None else 'neither'})")
@@ -80,6 +82,7 @@ class PyTorchRunner(BaseRunner):
         self.allow_fallback = allow_fallback
         self.dtype_name = dtype
         self.output_names = tuple(name for name in all_names if name in chosen)
+        self.threads = threads  # torch's intra-op threads: process-wide (None leaves torch's setting)
         self._given_module = module
         self.module: Any = None
         self.device: Any = None
@@ -87,6 +90,8 @@ class PyTorchRunner(BaseRunner):
     def _activate(self) -> None:
         torch = import_torch()
         self.device = torch_device(self.device_name, self.allow_fallback, self.name)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         if self._given_module is not None:
             module = self._given_module
         else:
@@ -139,7 +144,7 @@ def _build(device: str) -> Any:
     def build(request: LoadRequest) -> dict[str, Any]:
         return {"model_config": request.model_config, "checkpoint": request.checkpoint, "device": device,
                 "allow_fallback": request.allow_fallback,
-                "dtype": "float16" if request.precision == "fp16" else "float32"}
+                "dtype": "float16" if request.precision == "fp16" else "float32", "threads": request.threads}
 
     return build
 

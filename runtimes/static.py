@@ -1,4 +1,4 @@
-"""What the runners of torch.export-based files share (ExecuTorch, AOTInductor, LiteRT).
+"""What the runners of torch.export-based files share (ExecuTorch, AOTInductor, LiteRT, Core ML).
 
 Their files carry the bgm-deploy metadata (embedded or in the sidecar), which names the
 inputs and outputs and records the input shape fixed at export. :class:`StaticShapeRunner`
@@ -18,13 +18,12 @@ from model.errors import ModelFileError, RunnerError
 from model.spec import INPUT_NAMES
 
 from .base import BaseRunner
+from .base import to_numpy as base_to_numpy
 
 
 def to_numpy(value: Any) -> np.ndarray:
     """A contiguous numpy array of a numpy array, a torch tensor (any device) or an array-like."""
-    if hasattr(value, "detach"):  # torch tensor
-        value = value.detach().cpu().numpy()
-    return np.ascontiguousarray(value)
+    return np.ascontiguousarray(base_to_numpy(value))
 
 
 def first_line(exc: BaseException, limit: int = 300) -> str:

@@ -193,10 +193,6 @@ def targets() -> list[Target]:
     return list(_TARGETS.values())
 
 
-def target_names() -> list[str]:
-    return list(_TARGETS)
-
-
 def get_target(name: str) -> Target:
     try:
         return _TARGETS[name]
@@ -249,10 +245,6 @@ def resolve_target(choice: str | None, fmt: str) -> Target:
             f"--target {choice} runs {', '.join(target.formats)} models, not {fmt}; targets for {fmt}: {valid}"
         )
     return target
-
-
-def usable_targets() -> list[Target]:
-    return [target for target in _TARGETS.values() if target.why_unusable() is None]
 
 
 def _option_flag(name: str) -> str:

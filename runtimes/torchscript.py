@@ -16,7 +16,7 @@ from exporters.metadata import TORCHSCRIPT_EXTRA_FILE, ExportMetadata
 from model.errors import ModelFileError, RunnerError, RuntimeUnavailableError, UsageError
 from model.spec import INPUT_NAMES, OUTPUT_NAMES
 
-from .base import BaseRunner, TensorMeta
+from .base import BaseRunner, TensorMeta, check_threads
 from .providers import to_tensor, torch_device
 from .registry import register_runner
 from .targets import LoadRequest, Target, cuda_missing, register_target
@@ -42,9 +42,12 @@ class TorchScriptRunner(BaseRunner):
     """
 
     def __init__(
-        self, path: str | Path, device: str = "cpu", allow_fallback: bool = False, model_type: str | None = None
+        self, path: str | Path, device: str = "cpu", allow_fallback: bool = False, model_type: str | None = None,
+        threads: int | None = None,
     ) -> None:
         super().__init__()
+        check_threads(threads)
+        self.threads = threads  # torch's intra-op threads: process-wide (None leaves torch's setting)
         if model_type is not None and model_type not in OUTPUT_NAMES:
             raise UsageError(f"model_type={model_type!r} is not valid; valid: {', '.join(OUTPUT_NAMES)}")
         self.path = Path(path)
@@ -59,6 +62,8 @@ class TorchScriptRunner(BaseRunner):
     def _activate(self) -> None:
         torch = import_torch()
         self.device = torch_device(self.device_name, self.allow_fallback, self.name)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         if not self.path.is_file():
             raise ModelFileError(f"TorchScript model {self.path} does not exist")
         extra = {TORCHSCRIPT_EXTRA_FILE: ""}
@@ -127,7 +132,8 @@ class TorchScriptRunner(BaseRunner):
 def _build(device: str) -> Any:
     def build(request: LoadRequest) -> dict[str, Any]:
         model_type = request.model_config.model_type if request.model_config is not None else None
-        return {"path": request.path, "device": device, "allow_fallback": request.allow_fallback, "model_type": model_type}
+        return {"path": request.path, "device": device, "allow_fallback": request.allow_fallback, "model_type": model_type,
+                "threads": request.threads}
 
     return build
 

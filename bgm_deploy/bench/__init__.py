@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import itertools
 import os
-import re
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -460,7 +459,7 @@ class _Run:
             cycle = itertools.cycle(calls)
             self.say(f"timing {label} ({config.timing.describe()})…")
             stats = summarize(measure(lambda: next(cycle)(), config.timing, backend.timer), config.batch)
-            quality = _quality(backend, size) if config.quality else None
+            quality = _quality(backend, size, config.batch) if config.quality else None
             flops = self._count_flops(model, size) if config.count_flops else None
             peak = self.peaks.get("cuda" if _on_gpu(backend) else "cpu")
             achieved = flops * config.batch / (stats.median_ms / 1e3) / 1e9 if flops else None
@@ -549,17 +548,16 @@ class _Run:
         self.results = updated
 
 
-def _quality(backend: Any, size: tuple[int, int]) -> tuple[float, float] | None:
+def _quality(backend: Any, size: tuple[int, int], batch: int) -> tuple[float, float] | None:
     """Mean alpha MSE and SAD/1000 of ``backend`` on the bundled pairs (with ground truth),
     resized to ``size``, through the runner: what this row's runtime and precision cost in
-    matte quality. None when the file has no ``pha`` output."""
+    matte quality. Each pair is fed ``batch`` times (a fixed-size file takes that batch only)
+    and the first item scored. None when the file has no ``pha`` output."""
     mses, sads = [], []
     for folder in sorted(p for p in BUNDLED_PAIRS_DIR.iterdir() if p.is_dir()):
         src, bgr = (resize_rgb(load_image(folder / f"{kind}.jpg"), size) for kind in ("src", "bgr"))
         truth = Image.open(folder / "alpha.png").convert("L").resize(size, Image.Resampling.BILINEAR)
-        feeds = {name: (image.transpose(2, 0, 1)[None].astype(np.float32) / np.float32(255))
-                 for name, image in (("src", src), ("bgr", bgr))}
-        outputs = backend.infer(feeds)
+        outputs = backend.infer({"src": _to_batch(src, batch), "bgr": _to_batch(bgr, batch)})
         if "pha" not in outputs:
             return None
         pha = np.clip(np.asarray(outputs["pha"], dtype=np.float32)[0, 0], 0, 1)

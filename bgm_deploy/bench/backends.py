@@ -27,7 +27,7 @@ import numpy as np
 
 from exporters.config import DEFAULT_EXPORTER, OnnxConfig
 from exporters.original import export_original_recipe, original_recipe_config
-from exporters.registered import get_recipe
+from exporters.registered import RecipeConfig, get_recipe
 from exporters.tensorrt import EngineConfig, engine_from_onnx
 from model.checkpoint import build_model
 from model.config import ModelConfig
@@ -149,8 +149,11 @@ class ArtifactCache:
             if fmt == "onnx":
                 onnx_config = OnnxConfig(target="tensorrt" if recipe == "onnx-tensorrt" else "generic",
                                          exporter=self.onnx_exporter or DEFAULT_EXPORTER, trace_resolution=trace)
+            # A registered recipe's file is made for this size and batch (fixed-size formats take no other).
+            recipe_config = RecipeConfig(resolution=resolution, batch=batch, precision=precision) \
+                if get_recipe(fmt) is not None else None
             export(config, path, fmt, onnx=onnx_config, checkpoint=self.checkpoint, overwrite=True,
-                   resolution=resolution if fmt not in ("onnx", "torchscript") else None)
+                   resolution=resolution if fmt not in ("onnx", "torchscript") else None, recipe_config=recipe_config)
         self.export_seconds[path.name] = time.perf_counter() - start
         self._paths[key] = path
         return path

@@ -128,16 +128,29 @@ def align_background(
     if problem:
         result.reason = problem
         return bgr, result
+    warped, uncovered = warp_background(src, bgr, homography)
+    result.applied = True
+    result.status = "applied"
+    result.reason = f"inlier ratio {inliers / len(good):.2f}, {uncovered * 100:.1f}% of pixels uncovered"
+    return warped, result
+
+
+def warp_background(src: np.ndarray, bgr: np.ndarray, homography: np.ndarray) -> tuple[np.ndarray, float]:
+    """``bgr`` warped into ``src``'s frame by ``homography`` (background to source), pixels it
+    does not cover copied from ``src``; and the uncovered fraction.
+
+    Raises:
+        RuntimeUnavailableError: OpenCV is not installed.
+    """
+    cv2 = import_cv2()
+    height, width = src.shape[:2]
     warped = cv2.warpPerspective(bgr, homography, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     coverage = cv2.warpPerspective(
         np.ones(bgr.shape[:2], np.uint8), homography, (width, height), flags=cv2.INTER_NEAREST, borderValue=0
     )
     uncovered = coverage == 0
     warped[uncovered] = src[uncovered]
-    result.applied = True
-    result.status = "applied"
-    result.reason = f"inlier ratio {inliers / len(good):.2f}, {uncovered.mean() * 100:.1f}% of pixels uncovered"
-    return warped, result
+    return warped, float(uncovered.mean())
 
 
 def _gray(cv2: Any, image: np.ndarray, scale: float) -> np.ndarray:

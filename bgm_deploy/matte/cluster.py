@@ -64,7 +64,7 @@ from .footage import (
 )
 from .options import MatteOptions
 from .photos import Pair, PairPlan, PairResult, PhotoSink, PhotoSource, output_paths
-from .pipeline import Counts, StageTimes, Unit, run_pipeline
+from .pipeline import Counts, Progress, StageTimes, Unit, run_pipeline
 from .video_io import FORMATS, Frame, SequenceWriter, StreamInfo, VideoFormat, import_av, open_source
 
 log = logging.getLogger(__name__)
@@ -82,7 +82,6 @@ _DEFAULT_SEGMENT_CONTAINER = ("nut", ".nut")
 _RAY_LOOPBACK_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 LOCAL_OBJECT_STORE_BYTES = 256 << 20
 
-Progress = Callable[[int, "int | None", "Unit | None", str, "str | None"], None]
 Status = Callable[[str], None]
 
 
@@ -346,7 +345,7 @@ class MatteWorker:
         result = TaskResult(self.worker, 0, 0.0)
         plan = PairPlan(list(task.pairs), [], [], [], [])
         source = PhotoSource(plan, task.options, task.options.backdrop_value)
-        sink = PhotoSink(Path(task.output), task.options, result.items, result.stages, len(plan.pairs))
+        sink = PhotoSink(Path(task.output), task.options, result.items, result.stages)
         counts = Counts()
         try:
             run_pipeline(source, self.predictor, sink, task.options, result.stages, counts)
@@ -782,6 +781,10 @@ class _Pool:
                     self._record(self._ready(self.actors[number]))
                     idle.append(number)
                     continue
+                except ray.exceptions.RayTaskError as exc:  # not ours (an OSError on shared storage, a bug)
+                    cause = getattr(exc, "cause", None) or exc
+                    raise BgmDeployError(f"a Ray worker failed running a task: {type(cause).__name__}: "
+                                         f"{_first_line(cause)}; see the Ray logs (/tmp/ray/session_latest/logs)") from None
                 if result.error is not None:
                     raise result.error
                 row = self.stats.per_worker[self._keys[result.worker]]
@@ -1023,8 +1026,8 @@ class MatteBatches:
 
     Args:
         spec: a :class:`ModelSpec` or its JSON (what every actor loads).
-        outputs: predictor outputs to add to each batch (``pha``, ``fgr``, ``com``, ``err``,
-            ``ref``), float32 in 0..1 (``com`` RGBA uint8).
+        outputs: predictor outputs to add to each batch (``pha``, ``fgr``, ``rgba``, ``err``,
+            ``ref``), float32 in 0..1 (``rgba`` RGBA uint8).
         src_column / bgr_column: the batch's image columns: ``(N, H, W, 3)`` uint8 arrays, or
             object arrays of images of any sizes (matted one by one).
     """

@@ -31,7 +31,7 @@ from model.errors import UsageError, VideoError
 
 from ..images import IMAGE_SUFFIXES, load_image, resize_rgb
 from ..predictor import Prediction, Predictor
-from .align import align_background
+from .align import align_background, warp_background
 from .options import LAYOUTS, MatteOptions
 from .pipeline import StageTimes, Unit
 from .render import parse_colour, render_output
@@ -89,7 +89,7 @@ class Plate:
         self.video = VideoSource(self.spec, options=None, live=False)
         vinfo = self.video.info
         problem = None
-        if vinfo.size != info.size:
+        if vinfo.size != info.size and options.resize is None:  # with --resize both are resized, as a still plate
             problem = f"is {vinfo.width}x{vinfo.height} but the source is {info.width}x{info.height}; give a {role} of the same size"
         elif vinfo.rate and info.rate and abs(float(vinfo.rate) / float(info.rate) - 1) > 0.01:
             problem = (f"runs at {float(vinfo.rate):.3f} fps but the source at {float(info.rate):.3f} fps; give a {role} "
@@ -129,7 +129,9 @@ class FootageSource:
         if options.max_frames is not None:
             self.total = min(info.frames, options.max_frames) if info.frames else None
         self.align_results: list[dict[str, Any]] = []
-        self._aligned: np.ndarray | None = None
+        # --align-mode clip: the first frame's fit, reused for every frame: the warped plate and
+        # the homography (None when the fit was not applied) a background video's frames move by.
+        self._clip_fit: tuple[np.ndarray, np.ndarray | None] | None = None
         self.lost: int = 0  # frames the header lists that could not be decoded
         self.lost_reason: str | None = None
 
@@ -167,13 +169,18 @@ class FootageSource:
         how = self.options.align_how
         if how == "off":
             return bgr
-        if how == "clip" and self._aligned is not None:
-            return self._aligned
+        if how == "clip" and self._clip_fit is not None:
+            aligned, homography = self._clip_fit
+            if self.plate.still is not None:
+                return aligned  # the still plate, warped once
+            # A background video: each of its frames moved by the clip's one homography.
+            return bgr if homography is None else warp_background(src, bgr, homography)[0]
         aligned, result = align_background(src, bgr)
         self.align_results.append(result.to_dict())
         if how == "clip":
             log.info("background aligned once for the clip: %s", result.describe())
-            self._aligned = aligned
+            fitted = result.applied and result.homography is not None
+            self._clip_fit = (aligned, np.asarray(result.homography) if fitted else None)
         return aligned
 
     def close(self) -> None:

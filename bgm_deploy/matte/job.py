@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from ..serve.client import TritonMatteClient
 from .align import import_cv2
 from .cluster import (
     ClusterOptions,
+    Status,
     check_cluster_job,
     check_cluster_spec,
     matte_footage_on_cluster,
@@ -41,14 +41,13 @@ from .cluster import (
 from .footage import FootageSink, is_video_job, open_footage, output_path, plan_outputs
 from .options import LAYOUTS, MatteOptions
 from .photos import PairResult, PhotoSink, PhotoSource, existing_outputs, find_pairs, output_paths
-from .pipeline import Counts, StageTimes, Unit, run_pipeline
+from .pipeline import Counts, Progress, StageTimes, Unit, run_pipeline
+from .render import parse_colour
 from .video_io import import_av, is_live
 
 log = logging.getLogger(__name__)
 
 REPORT_SCHEMA_VERSION = 2
-Progress = Callable[[int, "int | None", "Unit | None", str, "str | None"], None]
-Status = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -152,8 +151,8 @@ def check_matte_paths(src: str | Path, bgr: str | Path, output: str | Path, spec
     """Refuses, before any work, paths that would lose or corrupt something (every source).
 
     The output folder may not lie inside ``src`` or ``bgr`` nor be one of them, ``src`` and
-    ``bgr`` may not be the same, and the report may not replace an input or lie in an input
-    tree or be unwritable.
+    ``bgr`` may not be the same, a ``backdrop`` that is not a colour must be a file, and the
+    report may not replace an input or lie in an input tree or be unwritable.
 
     Raises:
         UsageError: naming the option and the fix.
@@ -168,7 +167,10 @@ def check_matte_paths(src: str | Path, bgr: str | Path, output: str | Path, spec
         inputs.append(("--src", src))
     if spec is not None:
         inputs += [("--model", spec.model), ("--checkpoint", spec.checkpoint), ("--config", spec.config_file)]
-    if backdrop is not None and Path(backdrop).exists():
+    if backdrop is not None and parse_colour(backdrop) is None:
+        if not Path(backdrop).is_file():
+            raise UsageError(f"--backdrop {backdrop!r} is neither a colour (R,G,B in 0..255, or #rrggbb) nor an image "
+                             "or video file")
         inputs.append(("--backdrop", backdrop))
     trees = [(label, path) for label, path in inputs if path is not None]
     for label, path in trees:
@@ -184,7 +186,7 @@ def check_matte_paths(src: str | Path, bgr: str | Path, output: str | Path, spec
         check_output_file(report, "--report", inputs=trees)
 
 
-def _open_predictor(model: ModelSpec | Any, servers: ServerOptions | None, options: MatteOptions, footage: bool,
+def _open_predictor(model: ModelSpec | Any, servers: ServerOptions | None, footage: bool,
                     say: Status) -> tuple[Any, bool]:
     """The predictor to run with, and whether this job owns (and closes) it."""
     if servers is not None:
@@ -281,7 +283,7 @@ def matte(
         raise UsageError(f"--src-format applies to live sources (a device, a URL) and to files FFmpeg reads with that "
                          f"format, not to the folder {src}; drop it")
     options.check_for("video" if footage else "photos", sequence=sequence or (Path(src).is_dir() and footage), live=live)
-    if servers is not None and isinstance(model, Predictor):
+    if servers is not None and model is not None and not (isinstance(model, ModelSpec) and model.is_empty):
         raise UsageError("--server sends the work to running servers; drop --model/--checkpoint")
     if servers is None and (model is None or isinstance(model, ModelSpec) and model.is_empty):
         if not demo_available():
@@ -343,10 +345,10 @@ def _matte_photos(src: str | Path, bgr: str | Path, output: Path, model: Any, op
                 offset=len(known))
             return report
         source = PhotoSource(plan, options, options.backdrop_value)
-        sink = PhotoSink(output, options, report.items, report.stages, len(plan.pairs))
+        sink = PhotoSink(output, options, report.items, report.stages)
         needs_model = any(not sink.done(Unit(pair.name, 0, meta=pair)) for pair in plan.pairs)
         if needs_model:  # a fully resumed run needs no model
-            predictor, owned = _open_predictor(model, servers, options, False, say)
+            predictor, owned = _open_predictor(model, servers, False, say)
             report.model = predictor.describe()
             _check_outputs_available(predictor, options)
             if plan.pairs:
@@ -443,7 +445,7 @@ def _matte_footage(src: str | Path, bgr: str | Path, output: Path, model: Any, o
             report.warnings.append("every output is complete already (skip_existing): nothing to do")
             return report
         odd = [kind for kind in plan.todo if not plan.formats[kind].is_sequence
-               and plan.formats[kind].pix_fmt(_layout(kind), size) != plan.formats[kind].pix_fmts[_layout(kind)]]
+               and plan.formats[kind].pix_fmt(LAYOUTS[kind], size) != plan.formats[kind].pix_fmts[LAYOUTS[kind]]]
         if odd:
             _warn(report, f"odd size {size[0]}x{size[1]}: {', '.join(odd)} encoded as 4:4:4, which some players cannot "
                           "show; crop or --resize to an even size for 4:2:0")
@@ -454,7 +456,7 @@ def _matte_footage(src: str | Path, bgr: str | Path, output: Path, model: Any, o
             report.outputs.update(outputs)
             report.warnings += notes
             return report
-        predictor, owned = _open_predictor(model, servers, options, True, say)
+        predictor, owned = _open_predictor(model, servers, True, say)
         report.model = predictor.describe()
         _check_outputs_available(predictor, options)
         _warn_sample_pixels(predictor, size[0], size[1], "frame size", say)
@@ -501,10 +503,6 @@ def _matte_footage(src: str | Path, bgr: str | Path, output: Path, model: Any, o
 def raise_no_frames(path: str, stopped: str | None) -> None:
     raise VideoError(f"{path} produced no frames" + (f" (live source {stopped})" if stopped else "")
                      + "; check the source plays (a live source must be streaming)")
-
-
-def _layout(kind: str) -> str:
-    return LAYOUTS[kind]
 
 
 def _warn(report: MatteReport, message: str) -> None:

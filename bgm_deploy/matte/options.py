@@ -14,7 +14,7 @@ Output kinds, the same meaning for photos and video:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from model.errors import UsageError
@@ -27,7 +27,6 @@ LAYOUTS = {"pha": "gray", "fgr": "rgb", "com": "rgb", "rgba": "rgba", "err": "gr
 # Predictor outputs each kind is rendered from.
 NEEDS = {"pha": ("pha",), "fgr": ("fgr",), "com": ("pha", "fgr"), "rgba": ("pha", "fgr"), "err": ("err",),
          "ref": ("ref",)}
-SOURCE_KINDS = ("photos", "video")
 # Photo outputs: image files. rgba needs an alpha channel (PNG).
 PHOTO_FORMATS = ("png", "jpg")
 PHOTO_DEFAULT_FORMAT = "png"
@@ -215,8 +214,3 @@ def parse_formats(text: str | None, outputs: tuple[str, ...] = OUTPUT_KINDS) -> 
                              f"kinds: {', '.join(OUTPUT_KINDS)}")
         result[kind.strip()] = name.strip()
     return result
-
-
-def option_names() -> tuple[str, ...]:
-    """Every field of :class:`MatteOptions` (the option-coverage test walks these)."""
-    return tuple(f.name for f in fields(MatteOptions))

@@ -172,7 +172,6 @@ class PhotoSource:
         self._shared = _SharedImage(plan.pairs[0].bgr) if plan.pairs and one_background else None
         self._backdrop_colour = parse_colour(backdrop)
         self._backdrop_image = None if self._backdrop_colour is not None else _SharedImage(Path(backdrop))
-        self.align_results: list[dict[str, Any]] = []
 
     def units(self, stop: threading.Event) -> Iterator[Unit]:
         depth = 2 * self.options.workers
@@ -231,13 +230,11 @@ class PhotoSource:
 class PhotoSink:
     """Image files per pair, encoded by ``options.workers`` threads; a report row per pair."""
 
-    def __init__(self, output: Path, options: MatteOptions, results: list[PairResult], times: StageTimes,
-                 total: int) -> None:
+    def __init__(self, output: Path, options: MatteOptions, results: list[PairResult], times: StageTimes) -> None:
         self.output = output
         self.options = options
         self.results = results
         self.times = times
-        self.total = total
         self._pool = ThreadPoolExecutor(options.workers, thread_name_prefix="bgm-encode")
         self._encoding: deque[tuple[PairResult, Future[list[str]]]] = deque()
         self._depth = 2 * options.workers
