@@ -194,7 +194,8 @@ def evaluate(predictor: Any, config: EvaluateConfig | None = None, progress: Pro
     config = config or EvaluateConfig()
     say = progress or (lambda _message: None)
     if config.json_path is not None:
-        check_output_file(config.json_path, "--json")
+        check_output_file(config.json_path, "--json",
+                          inputs=[("--src", config.src), ("--bgr", config.bgr), ("--alpha", config.alpha)])
     if config.align:
         import_cv2()
     started = time.perf_counter()

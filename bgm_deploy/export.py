@@ -28,7 +28,7 @@ from exporters.metadata import file_formats, sidecar_config_path
 from exporters.onnx import SimplifyCheck, example_inputs, onnx_from_torch
 from exporters.paths import check_input_file, check_output_file
 from exporters.preflight import PreflightReport, preflight_onnx
-from exporters.registered import Recipe, RecipeConfig, get_recipe
+from exporters.registered import Recipe, RecipeConfig, get_recipe, recipes
 from exporters.tensorrt import EngineConfig, EngineInfo, engine_from_onnx, import_tensorrt, require_gpu
 from exporters.static_export import example_inputs as recipe_inputs
 from exporters.torch_program import check_recipe_request
@@ -224,6 +224,9 @@ def export(
         return _export_with_recipe(recipe, model_config or ModelConfig(), Path(output), settings, checkpoint, say,
                                    resolution=resolution, verify_after=verify_after, json_path=json_path,
                                    overwrite=overwrite)
+    if format not in FORMATS:
+        valid = [*FORMATS, *(r.format for r in recipes())]
+        raise UsageError(f"format={format!r} is not valid; valid: {', '.join(valid)}")
     model_config, onnx_config = resolve_export(model_config or ModelConfig(), format, onnx, resolution)
     output = Path(output)
     # Paths first: the output may never be the checkpoint, nor an existing file unasked, and
@@ -416,10 +419,11 @@ def _recheck_recipe(recipe: Recipe, path: Path, model: torch.nn.Module, model_co
         warnings.append(f"re-check: {case.notes[-1]}")
     elif case.verdict == "fail":
         _remove(path)
+        sidecar_config_path(path).unlink(missing_ok=True)  # written before the re-check (runners read it)
         raise ExportError(
             f"the exported {recipe.format} file differs from PyTorch at the export size (max abs diff {worst:.3g}, "
-            f"tolerance {RECHECK_TOLERANCE}; {'; '.join(case.notes) or 'see bgm-deploy verify'}); file removed; "
-            "re-run with --debug and report it"
+            f"tolerance {RECHECK_TOLERANCE}; {'; '.join(case.notes) or 'see bgm-deploy verify'}); file and sidecar "
+            "removed; re-run with --debug and report it"
         )
     return {out.name: out.max_abs for out in case.outputs}
 

@@ -20,7 +20,6 @@ warns that the newest torch it was tested with is older).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -113,9 +112,17 @@ def mlpackage_from_torch(model: nn.Module, model_config: ModelConfig, config: Re
         problems = check_mlpackage_spec(staged, metadata)
         if problems:
             raise ExportError(f"the saved Core ML package is not as expected: {'; '.join(problems)}")
+        # The old package is moved aside (and removed with the temp folder), not deleted first:
+        # a failure in between keeps it; a file in its place is replaced too.
+        old = Path(folder) / f"{output.name}.old"
         if output.exists():
-            shutil.rmtree(output)
-        os.replace(staged, output)
+            os.replace(output, old)
+        try:
+            os.replace(staged, output)
+        except BaseException:
+            if old.exists():
+                os.replace(old, output)
+            raise
     size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     progress(f"wrote {output} ({size / 1e6:.1f} MB); spec checked; predictions need macOS (unverified here)")
     return ExportResult(path=output, size_bytes=size, metadata=metadata, seconds=seconds,

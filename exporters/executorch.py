@@ -42,9 +42,9 @@ FORMAT = "executorch"
 SUFFIX = ".pte"
 METADATA_METHOD = "bgm_deploy_json"
 INSTALL = 'pip install "bgm-deploy[executorch]"'
-# int64 top-k indices: an int32 build lowered but failed at run time (error 0x12).
 # The ported speed rewrites (exporters/static_rewrites.py) by default: measured faster here (benchmarks/results/targets_speed.json).
 REWRITES = True
+# int64 top-k indices: an int32 build lowered but failed at run time (error 0x12).
 OPTIONS = StaticOptions(index_dtype="int64")
 
 

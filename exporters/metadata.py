@@ -50,7 +50,7 @@ class ExportMetadata:
     """What an exported file says about itself."""
 
     model_config: ModelConfig
-    format: str  # "onnx", "torchscript" or "tensorrt"
+    format: str  # a registered file format: "onnx", "torchscript", "tensorrt", "executorch", ...
     export: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

@@ -9,13 +9,12 @@ under the static-shape refiner (:mod:`exporters.static_refiner`): the data-depen
 at export (``--resolution``, batch ``RecipeConfig.batch``) unless the recipe asks for
 dynamic batch/height/width (AOTInductor). The size is recorded in the metadata
 (``export["input_shape"]``), and a runner given another size refuses it with
-:func:`size_refusal`, which names the fix.
+:func:`exporters.metadata.size_refusal`, which names the fix.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,8 +29,6 @@ if TYPE_CHECKING:
     import torch
 
     from .recipes import RecipeConfig
-
-Progress = Callable[[str], None]
 
 STATIC_REFINER = "static-k"
 # Symbolic sizes of a dynamic export: H and W are multiples of 4 (the refiner's grid).
@@ -54,7 +51,7 @@ class StaticOptions:
     """How the static refiner writes its index arithmetic for one target.
 
     Attributes:
-        index_dtype: ``int64`` (ExecuTorch, AOTInductor, Core ML) or ``int32`` (LiteRT).
+        index_dtype: ``int64`` (ExecuTorch, AOTInductor) or ``int32`` (LiteRT, Core ML).
     """
 
     index_dtype: str = "int64"
@@ -85,7 +82,7 @@ def check_recipe_request(fmt: str, model_config: ModelConfig, config: RecipeConf
         the output names the file will have.
 
     Raises:
-        UsageError: thresholding (see :data:`exporters.static_refiner.THRESHOLDING_REFUSAL`),
+        UsageError: thresholding (see :data:`THRESHOLDING_REFUSAL`),
             fp16, a resolution not divisible by 4, a bad batch or unknown outputs.
     """
     if model_config.model_type == "refine":

@@ -137,8 +137,8 @@ class HeadlessChromium:
         self.executable = chromium_path()
         self.console: list[tuple[str, str]] = []
         self.page_errors: list[str] = []
+        self.server = WebServer(site, port=0)  # first: a folder that is no site leaves no profile behind
         self._profile = tempfile.mkdtemp(prefix="bgm-chromium-profile-")
-        self.server = WebServer(site, port=0)
         self._playwright = None
         self._context = None
         try:

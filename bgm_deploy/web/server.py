@@ -17,6 +17,7 @@ import contextlib
 import errno
 import logging
 import signal
+import sys
 import threading
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -79,9 +80,9 @@ class _SiteHandler(SimpleHTTPRequestHandler):
             self.send_error(HTTPStatus.FORBIDDEN, "path outside the site")
             return None
         target = self.root.joinpath(*parts)
-        if target.is_dir():
-            target = target / "index.html"
-        try:
+        try:  # inside the try: is_dir raises for a name too long (ENAMETOOLONG)
+            if target.is_dir():
+                target = target / "index.html"
             resolved = target.resolve(strict=True)
         except (OSError, RuntimeError):
             self.send_error(HTTPStatus.NOT_FOUND, "file not found")
@@ -103,11 +104,24 @@ class _SiteHandler(SimpleHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A browser that hangs up mid-download (a reload while the model loads) is no error:
+        one debug line, not a traceback on the console."""
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            log.debug("%s hung up: %r", client_address, error)
+            return
+        super().handle_error(request, client_address)
+
+
 class WebServer:
     """A running site server (context manager): ``url``, ``port``, ``close()``.
 
     Args:
-        folder: an exported site (checked with :func:`bgm_deploy.web.site.check_site`).
+        folder: an exported site (checked with :func:`bgm_deploy.web.layout.check_site`).
         host: address to bind (``127.0.0.1``: this machine only).
         port: TCP port; 0 picks a free one.
 
@@ -119,13 +133,12 @@ class WebServer:
         self.folder = check_site(folder).resolve()
         handler = partial(_SiteHandler, root=self.folder)
         try:
-            self._server = ThreadingHTTPServer((host, port), handler)
+            self._server = _Server((host, port), handler)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
                 raise UsageError(f"--port {port}: {host}:{port} is in use; stop what uses it or pass another --port "
                                  "(0 picks a free one)") from None
             raise UsageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror or exc})") from None
-        self._server.daemon_threads = True
         self.host = host
         self.port = int(self._server.server_address[1])
         self._thread = threading.Thread(target=self._server.serve_forever, name="bgm-web-server", daemon=True)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from exporters.atomic import TEMP_MARKER, atomic_write_text
-from exporters.config import OnnxConfig
+from exporters.config import DEFAULT_TRACE_RESOLUTION, OnnxConfig
 from exporters.paths import check_output_file
 from exporters.web import REFINE_K_INPUT, WebRewriteReport, web_from_onnx_file
 from model.config import ModelConfig
@@ -270,7 +270,7 @@ def export_web(
             say(f"web: zero-padded Conv input channels to multiples of {report.channel_multiple} ({padded}); "
                 + (f"refine budget is the input {REFINE_K_INPUT} (default {report.refine_k} cells)"
                    if report.refine_k is not None else "refine budget fixed by the model"))
-            trace = tuple(metadata.export.get("trace_resolution") or (320, 256))
+            trace = tuple(metadata.export.get("trace_resolution") or DEFAULT_TRACE_RESOLUTION)
             recheck = _recheck(plain, web_path, metadata.model_config, report, (int(trace[0]), int(trace[1])))
             say(f"web: re-check against the plain export in onnxruntime, max abs diff "
                 f"{max(recheck.values(), default=0.0):.2g}")

@@ -73,6 +73,8 @@ async function load() {
   const refine = $('refine');
   if (model.refineAdjustable) {
     refine.disabled = false;
+    // The range clamps a value over its max: raise the max first (refineBudget sets it per frame).
+    refine.max = String(Math.max(Number(refine.max), model.defaultRefineK));
     refine.value = String(model.defaultRefineK);
   } else {
     refine.disabled = true;
