@@ -50,7 +50,7 @@ def parse_size(text: str, label: str = "--resolution", multiple: int = 4, minimu
     if key in NAMED_SIZES:
         return NAMED_SIZES[key]
     width, sep, height = key.partition("x")
-    if not sep or not width.isdigit() or not height.isdigit():
+    if not sep or not width.isascii() or not height.isascii() or not width.isdigit() or not height.isdigit():
         raise UsageError(f"{label} {text!r} is not valid; use WIDTHxHEIGHT (e.g. 1920x1080), hd or 4k")
     size = check_resolution(int(width), int(height), label, multiple)
     if min(size) < minimum:

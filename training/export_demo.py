@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
 from pathlib import Path
 
 import torch
@@ -38,10 +39,16 @@ def export(weights: Path, out: Path) -> str:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     compact = demo_state_dict(state)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(compact, out)
-    # The file must load strictly into a fresh model, as users will load it.
-    MattingRefine("mobilenetv2").load_state_dict(torch.load(out, map_location="cpu", weights_only=True), strict=True)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    # Written beside the target and renamed only once it loads strictly into a fresh model (as
+    # users will load it): an interrupted or failed export never leaves a torn demo file.
+    staged = out.with_name(out.name + ".part")
+    try:
+        torch.save(compact, staged)
+        MattingRefine("mobilenetv2").load_state_dict(torch.load(staged, map_location="cpu", weights_only=True), strict=True)
+        digest = hashlib.sha256(staged.read_bytes()).hexdigest()
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
     out.with_name(out.name + ".sha256").write_text(f"{digest}  {out.name}\n")
     return digest
 

@@ -3,8 +3,8 @@
 Stage ``base`` trains MattingBase on whole composites at a modest resolution; stage ``refine``
 starts from the base weights and trains MattingRefine end to end at a higher resolution, with
 the backbone on the input downsampled by ``backbone_scale`` (0.25, the HD preset) as at
-deployment. Losses follow the original's recipe (see /work/shared/reference/BGMV2_FACTS.md
-"Training facts"):
+deployment. Losses follow the original's recipe (the BGMv2 paper and its repository's
+training scripts):
 
 - base: L1(alpha) + L1(Sobel(alpha)) + L1(foreground where true alpha > 0)
   + MSE(error map, |predicted alpha - true alpha|);
@@ -18,7 +18,9 @@ cosine decay over the stage's steps.
 Recipes (``--recipe``, default per stage): ``base``; ``refine-v1`` (the whole network trained
 end to end, which made the first demo weights), ``refine-v2`` (the default: the base stage's
 backbone, ASPP and decoder frozen, batch-norm statistics included, and only the refiner trained,
-longer, on composites with more misaligned plates and more frames without a subject).
+longer, on composites with more misaligned plates and more frames without a subject) and
+``refine-v3`` (refine-v2 continued from its weights with an MSE term on the full-resolution
+alpha; the demo weights are base → refine-v2 → refine-v3).
 
 Usage::
 
