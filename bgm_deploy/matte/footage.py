@@ -363,14 +363,16 @@ class FootageSink:
             encoder.join()
         self._raise_errors()
 
-    def finish(self, audio_from: Source | None, complete: bool, source: str) -> tuple[dict[str, str], list[str]]:
-        """Renames videos into place (audio remuxed) and records the outputs' state.
+    def finish(self, audio_from: Source | None, complete: bool, source: str,
+               trim_audio: bool = False) -> tuple[dict[str, str], list[str]]:
+        """Renames videos into place (audio remuxed; ``trim_audio``: cut at the video's end, for
+        a run that stopped before the source did) and records the outputs' state.
 
         Returns:
             ``{kind: path}`` and notes (an audio track a container could not take)."""
         outputs, state, notes = {}, {}, []
         for kind, writer in self.writers.items():
-            writer.finish(audio_from)
+            writer.finish(audio_from, trim_audio)
             if isinstance(writer, VideoWriter) and writer.audio_note:
                 notes.append(writer.audio_note)
             outputs[kind] = str(writer.final_path)

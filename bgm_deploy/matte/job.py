@@ -478,7 +478,8 @@ def _matte_footage(src: str | Path, bgr: str | Path, output: Path, model: Any, o
         if options.audio_value and live and info.audio:
             _warn(report, "the live source's audio is not carried over (only files' audio is remuxed)")
         report.counts["written"] = min(sink.frames_out().values(), default=0)
-        outputs, notes = sink.finish(audio_from, complete=not report.partial, source=str(src))
+        outputs, notes = sink.finish(audio_from, complete=not report.partial, source=str(src),
+                                     trim_audio=report.partial)  # a preview's sound ends with its frames
         report.outputs.update(outputs)
         report.warnings += notes
         sink = None

@@ -471,7 +471,7 @@ class SequenceWriter:
     def flush(self) -> None:
         pass
 
-    def finish(self, audio_from: Source | None) -> None:
+    def finish(self, audio_from: Source | None, trim_audio: bool = False) -> None:
         pass
 
     def abort(self) -> None:
@@ -537,27 +537,34 @@ class VideoWriter:
         except av.FFmpegError as exc:
             raise VideoError(f"{self.path}: finishing the video failed ({_ffmpeg_message(exc)})") from None
 
-    def finish(self, audio_from: Source | None) -> None:
-        """Carries the audio over (when asked and possible) and renames into place."""
+    def finish(self, audio_from: Source | None, trim_audio: bool = False) -> None:
+        """Carries the audio over (when asked and possible) and renames into place;
+        ``trim_audio``: only the audio before the video's end (a run that stopped early)."""
         result = self.temp
         if audio_from is not None and audio_from.audio_stream is not None:
-            result = self._with_audio(audio_from)
+            result = self._with_audio(audio_from, trim_audio)
         os.chmod(result, 0o666 & ~_UMASK)
         os.replace(result, self.path)
         self._cleanup()
 
-    def _with_audio(self, source: Source) -> Path:
+    def _with_audio(self, source: Source, trim: bool) -> Path:
         av = import_av()
         target = new_temp_file(self.path, ".audio.part")
         self._pieces.append(target)
         try:
+            end = _video_end(av, self.temp) if trim else None
             with av.open(str(self.temp)) as video_in, av.open(source.spec) as audio_in, \
                     av.open(str(target), "w", format=self.fmt.container) as out:
                 video_stream, audio_stream = video_in.streams.video[0], audio_in.streams.audio[0]
                 video_out = out.add_stream_from_template(video_stream)
                 audio_out = out.add_stream_from_template(audio_stream)
                 for packet in _interleave(video_in.demux(video_stream), audio_in.demux(audio_stream)):
-                    packet.stream = video_out if packet.stream.type == "video" else audio_out
+                    if packet.stream.type == "video":
+                        packet.stream = video_out
+                    elif end is not None and packet.pts is not None and packet.pts * packet.time_base >= end:
+                        continue  # sound after the last frame of a run that stopped early
+                    else:
+                        packet.stream = audio_out
                     out.mux(packet)
         except (av.FFmpegError, ValueError) as exc:
             # e.g. AAC in WebM: keep the video, say why the sound is missing.
@@ -579,6 +586,17 @@ class VideoWriter:
         for piece in self._pieces:
             with contextlib.suppress(FileNotFoundError):
                 piece.unlink()
+
+
+def _video_end(av: Any, path: Path) -> fractions.Fraction | None:
+    """When the last frame of the video file at ``path`` ends (seconds; None if unknown)."""
+    end = None
+    with av.open(str(path)) as container:
+        for packet in container.demux(container.streams.video[0]):
+            if packet.pts is not None:
+                stop = (packet.pts + (packet.duration or 0)) * packet.time_base
+                end = stop if end is None else max(end, stop)
+    return end
 
 
 def _interleave(*demuxers: Iterator[Any]) -> Iterator[Any]:

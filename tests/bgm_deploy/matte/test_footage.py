@@ -159,6 +159,23 @@ def test_video_outputs_keep_timestamps_audio_size_and_count(clips: dict[str, Any
     assert set(data["stages"]["encode"]) == {"pha", "fgr", "com", "rgba"} and data["stages"]["infer"] > 0
 
 
+def test_a_max_frames_preview_keeps_only_its_own_sound(clips: dict[str, Any], predictor: Predictor,
+                                                       tmp_path: Path) -> None:
+    """--max-frames: the sound stops with the last matted frame (a full run keeps it all, above)."""
+    report = matte_video(clips["vfr"], clips["plate"], tmp_path, predictor=predictor,
+                         options=VideoOptions(outputs=("pha",), formats={"pha": "h264"}, max_frames=6))
+    assert report.partial and report.counts["matted"] == 6
+    with av.open(str(clips["vfr"])) as container:
+        source_audio = [p for p in container.demux(audio=0) if p.size]
+    with av.open(str(tmp_path / "pha.mp4")) as container:
+        video = [p for p in container.demux(video=0) if p.size]
+        end = max((p.pts + p.duration) * p.time_base for p in video)
+    with av.open(str(tmp_path / "pha.mp4")) as container:
+        audio = [p for p in container.demux(audio=0) if p.size]
+    assert len(video) == 6 and 0 < len(audio) < len(source_audio)
+    assert all(p.pts * p.time_base < end for p in audio)
+
+
 def test_vp9_alpha_and_a_container_without_the_audio_codec(clips: dict[str, Any], predictor: Predictor,
                                                            tmp_path: Path) -> None:
     report = matte_video(clips["vfr"], clips["plate"], tmp_path, predictor=predictor,
@@ -392,6 +409,45 @@ def test_align_once_per_clip_or_every_frame(clips: dict[str, Any], predictor: Pr
                                                   max_frames=4))
         assert report.counts["matted"] == 4 and len(report.options["align_results"]) == fits
         assert all("applied" in result for result in report.options["align_results"])
+
+
+def test_align_clip_moves_every_frame_of_a_background_video(clips: dict[str, Any], tmp_path: Path) -> None:
+    """--align-mode clip fits once; a background *video* still changes frame by frame (it froze on
+    its first frame before)."""
+    pytest.importorskip("cv2")
+    import threading
+
+    from bgm_deploy.matte.footage import open_footage
+
+    plate = clips["plate_array"].astype(np.int16)
+    frames = [np.clip(plate + 12 * i, 0, 255).astype(np.uint8) for i in range(FRAMES)]  # the light comes up
+    background = write_clip(tmp_path / "plate.mkv", frames, ClipSpec(frames=FRAMES, codec="ffv1"))
+    footage = open_footage(clips["cfr"], background, MatteOptions(outputs=("pha",), align=True, align_mode="clip",
+                                                                  max_frames=4))
+    try:
+        means = [float(unit.bgr.mean()) for unit in footage.units(threading.Event())]
+    finally:
+        footage.close()
+    assert len(footage.align_results) == 1 and len(means) == 4
+    assert all(later > earlier + 5 for earlier, later in zip(means, means[1:])), means
+
+
+def test_a_background_video_of_another_size_is_resized_with_resize(clips: dict[str, Any], tmp_path: Path) -> None:
+    """As a still plate: with --resize both are resized; without it the sizes must match."""
+    import threading
+
+    from bgm_deploy.matte.footage import open_footage
+
+    small = np.ascontiguousarray(clips["plate_array"][::2, ::2])
+    background = write_clip(tmp_path / "small.mkv", [small] * FRAMES, ClipSpec(frames=FRAMES, codec="ffv1"))
+    with pytest.raises(UsageError, match="is 160x120 but the source is 320x240"):
+        open_footage(clips["cfr"], background, MatteOptions(outputs=("pha",)))
+    footage = open_footage(clips["cfr"], background, MatteOptions(outputs=("pha",), resize=(160, 120), max_frames=2))
+    try:
+        shapes = [(unit.src.shape, unit.bgr.shape) for unit in footage.units(threading.Event())]
+    finally:
+        footage.close()
+    assert shapes == [((120, 160, 3), (120, 160, 3))] * 2
 
 
 def test_progress_bar_on_a_terminal_and_log_lines_otherwise() -> None:
