@@ -29,8 +29,8 @@ from exporters.onnx import SimplifyCheck, example_inputs, onnx_from_torch
 from exporters.paths import check_input_file, check_output_file
 from exporters.preflight import PreflightReport, preflight_onnx
 from exporters.registered import Recipe, RecipeConfig, get_recipe, recipes
-from exporters.tensorrt import EngineConfig, EngineInfo, engine_from_onnx, import_tensorrt, require_gpu
 from exporters.static_export import example_inputs as recipe_inputs
+from exporters.tensorrt import EngineConfig, EngineInfo, engine_from_onnx, import_tensorrt, require_gpu
 from exporters.torch_program import check_recipe_request
 from exporters.torchscript import torchscript_from_torch
 from model.checkpoint import build_model, config_for_checkpoint
@@ -216,6 +216,12 @@ def export(
     say = progress or (lambda _message: None)
     recipe = get_recipe(format)
     if recipe is not None:
+        if onnx is not None:
+            raise UsageError(f"onnx= applies to format='onnx'; --format {format} takes recipe_config=")
+        if recipe_config is not None and resolution is not None \
+                and tuple(resolution) != tuple(recipe_config.resolution):  # the model would be set up for another size
+            raise UsageError(f"resolution={tuple(resolution)} and recipe_config.resolution="
+                             f"{tuple(recipe_config.resolution)} differ; pass the same size")
         settings = recipe_config or RecipeConfig(
             resolution=resolution or DEFAULT_TRACE_RESOLUTION,
             precision=torchscript.precision if torchscript is not None else "fp32",

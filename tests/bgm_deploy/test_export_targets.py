@@ -16,8 +16,9 @@ import target_files  # noqa: E402
 from bgm_deploy.cli import cli  # noqa: E402
 from bgm_deploy.export import export  # noqa: E402
 from bgm_deploy.verify import VerifyConfig, verify  # noqa: E402
+from exporters.config import OnnxConfig  # noqa: E402
 from exporters.metadata import read_metadata  # noqa: E402
-from exporters.recipes import recipes  # noqa: E402  (bgm_deploy.export registered them)
+from exporters.recipes import RecipeConfig, recipes  # noqa: E402  (bgm_deploy.export registered them)
 from model.errors import RunnerError, RuntimeUnavailableError, UsageError  # noqa: E402
 from runtimes import create_runner  # noqa: E402
 
@@ -81,6 +82,12 @@ def test_fixed_size_formats_need_a_resolution_and_refuse_thresholding(tmp_path: 
                resolution=(128, 96))
     with pytest.raises(UsageError, match=r"writes \.pte files"):
         export(target_files.TARGET_CONFIG, tmp_path / "m.onnx", "executorch", resolution=(128, 96))
+    # The Python API refuses what it would otherwise drop: ONNX settings, a second size.
+    with pytest.raises(UsageError, match="onnx= applies to format='onnx'"):
+        export(target_files.TARGET_CONFIG, tmp_path / "m.pte", "executorch", resolution=(128, 96), onnx=OnnxConfig())
+    with pytest.raises(UsageError, match="differ; pass the same size"):
+        export(target_files.TARGET_CONFIG, tmp_path / "m.pte", "executorch", resolution=(128, 96),
+               recipe_config=RecipeConfig(resolution=(160, 128)))
     assert not any(tmp_path.iterdir())
 
 
