@@ -14,6 +14,8 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -139,3 +141,28 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     """Writes UTF-8 ``text`` to ``path`` atomically; returns the path."""
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def replace_folder(staging: str | Path, output: str | Path) -> Path:
+    """Puts the finished folder ``staging`` at ``output`` (same file system), replacing what is
+    there (a folder or a file, checked by the caller): the old entry is moved aside under a
+    findable temp name, the new one renamed into place, then the old one removed; a failure in
+    between puts the old one back, so nothing is lost."""
+    staging, output = Path(staging), Path(output)
+    old = None
+    if output.exists() or output.is_symlink():
+        old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}{TEMP_MARKER}{os.getpid()}-old-"))
+        os.rmdir(old)
+        os.replace(output, old)
+    try:
+        os.replace(staging, output)
+    except BaseException:
+        if old is not None:
+            os.replace(old, output)
+        raise
+    if old is not None:
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+    return output

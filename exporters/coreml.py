@@ -19,7 +19,6 @@ warns that the newest torch it was tested with is older).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from model.config import ModelConfig
 from model.errors import ExportError, ModelFileError
 
+from .atomic import replace_folder
 from .config import CHANNELS
 from .metadata import METADATA_KEY, ExportMetadata, FileFormat, register_format, sidecar_config_path
 from .progress import stage
@@ -112,17 +112,7 @@ def mlpackage_from_torch(model: nn.Module, model_config: ModelConfig, config: Re
         problems = check_mlpackage_spec(staged, metadata)
         if problems:
             raise ExportError(f"the saved Core ML package is not as expected: {'; '.join(problems)}")
-        # The old package is moved aside (and removed with the temp folder), not deleted first:
-        # a failure in between keeps it; a file in its place is replaced too.
-        old = Path(folder) / f"{output.name}.old"
-        if output.exists():
-            os.replace(output, old)
-        try:
-            os.replace(staged, output)
-        except BaseException:
-            if old.exists():
-                os.replace(old, output)
-            raise
+        replace_folder(staged, output)  # the old package is kept until the new one is in place
     size = sum(f.stat().st_size for f in output.rglob("*") if f.is_file())
     progress(f"wrote {output} ({size / 1e6:.1f} MB); spec checked; predictions need macOS (unverified here)")
     return ExportResult(path=output, size_bytes=size, metadata=metadata, seconds=seconds,

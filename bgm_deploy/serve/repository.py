@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporters.atomic import atomic_write_text
+from exporters.atomic import atomic_write_text, replace_folder
 from exporters.config import CHANNELS, OnnxConfig
 from exporters.metadata import SIDECAR_SUFFIX, sidecar_config_path
 from exporters.paths import check_output_file
@@ -290,24 +290,10 @@ def write_model_dir(repository: str | Path, name: str, files: dict[str, Path | s
             else:
                 path.write_text(content)
         os.chmod(staging, 0o755)
-        # The old folder is moved aside, not deleted first: a failure in between keeps it.
-        old = staging.with_name(staging.name[: -len(".part")] + ".old") if target.exists() else None
-        if old is not None:
-            os.replace(target, old)
-        try:
-            os.replace(staging, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old, target)
-            raise
+        replace_folder(staging, target)  # the old folder is kept until the new one is in place
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if old is not None:
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink(missing_ok=True)
     return target
 
 

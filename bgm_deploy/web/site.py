@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from exporters.atomic import TEMP_MARKER, atomic_write_text
+from exporters.atomic import TEMP_MARKER, atomic_write_text, replace_folder
 from exporters.config import DEFAULT_TRACE_RESOLUTION, OnnxConfig
 from exporters.paths import check_output_file
 from exporters.web import REFINE_K_INPUT, WebRewriteReport, web_from_onnx_file
@@ -187,23 +187,6 @@ def _manifest(pin: RuntimePin, metadata_export: dict[str, Any], files: list[str]
     }, indent=2)
 
 
-def _replace_folder(staging: Path, output: Path) -> None:
-    """Puts ``staging`` at ``output``; an existing ``output`` (checked before) is removed after."""
-    old = None
-    if output.exists():
-        old = Path(tempfile.mkdtemp(dir=output.parent, prefix=f".{output.name}{TEMP_MARKER}{os.getpid()}-old-"))
-        os.rmdir(old)
-        os.replace(output, old)
-    try:
-        os.replace(staging, output)
-    except BaseException:
-        if old is not None:
-            os.replace(old, output)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def export_web(
     model_config: ModelConfig | None = None,
     output: str | Path = "site",
@@ -292,7 +275,7 @@ def export_web(
         files = sorted(str(path.relative_to(staging)) for path in staging.rglob("*") if path.is_file())
         (staging / SITE_MANIFEST).write_text(_manifest(pin, metadata.export, files), encoding="utf-8")
         os.chmod(staging, 0o755)
-        _replace_folder(staging, output)
+        replace_folder(staging, output)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(staging)
