@@ -142,26 +142,13 @@ RECIPES = {
         index_offset=10_000_000,
         val_misaligned=12,
     ),
-    # Continues refine-v2's last weights (--init <v2 run>/refine_weights.pth): the same frozen
-    # coarse network and composites (new ones), the refiner's alpha loss plus 5 x MSE. On the
-    # held-out sets, v2's refiner lowered the L1 error of the upsampled coarse alpha but raised
-    # its MSE (it commits to 0 or 1 where unsure), and MSE is the score the weights are judged by.
-    "refine-v3": StageConfig(
-        steps=200,
-        batch=4,
-        sizes=((640, 640), (544, 736), (736, 544)),
-        lr={"refiner": 3e-4},
-        warmup=10,
-        sample_pixels=40_000,
-        val_count=36,
-        val_size=(480, 640),
-        freeze=("backbone", "aspp", "decoder"),
-        plate=REFINE_PLATE,
-        index_offset=20_000_000,
-        val_misaligned=12,
-        pha_mse_weight=5.0,
-    ),
 }
+# Continues refine-v2's last weights (--init <v2 run>/refine_weights.pth): the same frozen
+# coarse network and composites (new ones), the refiner's alpha loss plus 5 x MSE. On the
+# held-out sets, v2's refiner lowered the L1 error of the upsampled coarse alpha but raised
+# its MSE (it commits to 0 or 1 where unsure), and MSE is the score the weights are judged by.
+RECIPES["refine-v3"] = replace(RECIPES["refine-v2"], steps=200, lr={"refiner": 3e-4}, warmup=10,
+                               index_offset=20_000_000, pha_mse_weight=5.0)
 STAGE_RECIPES = {"base": ("base",), "refine": ("refine-v1", "refine-v2", "refine-v3")}
 DEFAULT_RECIPE = {"base": "base", "refine": "refine-v2"}
 STAGE_CONFIGS = {stage: RECIPES[name] for stage, name in DEFAULT_RECIPE.items()}
