@@ -115,12 +115,14 @@ def test_the_patch_is_undone_and_options_are_checked(model: nn.Module) -> None:
         StaticOptions("int16")
 
 
-@pytest.mark.parametrize(("width", "height", "batch", "scale"), [(320, 256, 1, 0.25), (224, 160, 2, 0.25),
-                                                                  (224, 160, 2, 0.125)])
-def test_the_ported_speed_rewrites_keep_parity(width: int, height: int, batch: int, scale: float) -> None:
+# 80,000 px at 160x128: k exceeds the grid, so every cell is refined, the borders included.
+@pytest.mark.parametrize(("width", "height", "batch", "scale", "pixels"),
+                         [(320, 256, 1, 0.25, 4_000), (224, 160, 2, 0.25, 4_000), (224, 160, 2, 0.125, 4_000),
+                          (160, 128, 2, 0.25, 80_000)])
+def test_the_ported_speed_rewrites_keep_parity(width: int, height: int, batch: int, scale: float, pixels: int) -> None:
     from exporters.static_rewrites import static_fast_patches
 
-    config = ModelConfig(refine_sample_pixels=4_000, refine_patch_crop_method="gather", backbone_scale=scale,
+    config = ModelConfig(refine_sample_pixels=pixels, refine_patch_crop_method="gather", backbone_scale=scale,
                          refine_patch_replace_method="scatter_element").resolved((width, height))
     model = build_model(config).eval()
     src, bgr = _pair(width, height, batch, seed=9)
@@ -131,3 +133,29 @@ def test_the_ported_speed_rewrites_keep_parity(width: int, height: int, batch: i
     for name, expected, got in zip(("pha", "fgr", "pha_sm", "fgr_sm", "err_sm", "ref_sm"), reference, fast):
         assert torch.allclose(expected, got, rtol=0.0, atol=1e-5), name  # arithmetic order only
     assert torch.equal(reference[5], fast[5])
+
+
+@pytest.mark.parametrize("replace", ["scatter_element", "scatter_nd"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_rejected_cells_inside_the_grid_keep_their_coarse_value(model: nn.Module, replace: str, batch: int) -> None:
+    """k fits the grid but exceeds the cells with error > 0: with prevent-oversampling the
+    rejected candidates are real cells of zero error, and must leave them as the reference
+    does (the upsampled coarse value), through the whole refiner, not only the selection."""
+    from exporters.static_refiner import static_refiner_forward
+
+    width, height = 128, 96  # 32x24 = 768 cells; k = 500; error > 0 on the left third only
+    generator = torch.Generator().manual_seed(3)
+    src, bgr = _pair(width, height, batch, seed=11)
+    coarse = (batch, 1, height // 4, width // 4)
+    pha, err = torch.rand(coarse, generator=generator), torch.rand(coarse, generator=generator)
+    err[..., width // 12:] = 0.0
+    fgr = torch.randn((batch, 3, *coarse[2:]), generator=generator)
+    hid = torch.rand((batch, 32, *coarse[2:]), generator=generator)
+    settings = {"mode": "sampling", "sample_pixels": 500 * 16, "threshold": 0.1, "prevent_oversampling": True,
+                "crop_method": "gather", "replace_method": replace}
+    with torch.no_grad():
+        reference = model.refiner(src, bgr, pha, fgr, err, hid, **settings)
+        static = static_refiner_forward(model.refiner, StaticOptions(), src, bgr, pha, fgr, err, hid, **settings)
+    assert 0 < reference[2].sum() < 500 * batch  # some candidates rejected, some refined
+    for name, expected, got in zip(("pha", "fgr", "ref"), reference, static):
+        assert torch.equal(expected, got), name
