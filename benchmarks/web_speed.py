@@ -12,6 +12,7 @@ thread count, interleaved round by round so that load from other processes falls
   = ``--threads``, through the onnxruntime runner.
 
     python -m benchmarks.web_speed --ort-dist bgm_deploy/web/node_modules/onnxruntime-web/dist
+    python -m benchmarks.web_speed --refine-k 1 --json benchmarks/results/web_speed_k1.json   # backbone + decoder only
 
 Writes ``benchmarks/results/web_speed.json`` (published in docs/web.md) with the machine's
 load average before and after and any niced process using the CPU (a training job) at the
@@ -61,10 +62,10 @@ async ({threads, src, bgr, width, height}) => {
 }
 """
 RUN_JS = """
-async () => {
+async (refineK) => {
   const {model, src, bgr} = window.__bench;
   const t0 = performance.now();
-  const result = await model.run(src, bgr);
+  const result = await model.run(src, bgr, {refineK});
   return {total: performance.now() - t0, inference: result.times.inference,
           refined: result.outputs.ref_sm.data.reduce((sum, v) => sum + (v > 0.5 ? 1 : 0), 0)};
 }
@@ -91,10 +92,12 @@ def _b64(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
 
 
-def measure(site: Path, threads: int, rounds: int, warmup: int) -> dict[str, Any]:
-    """Interleaved rounds per size: one native call, one browser call."""
+def measure(site: Path, threads: int, rounds: int, warmup: int, refine_k: int | None = None) -> dict[str, Any]:
+    """Interleaved rounds per size: one native call, one browser call. ``refine_k``: the
+    refine budget in cells (default: the model's, 5,000)."""
     model = site / MODEL_FILE
-    k = read_metadata(model).export["web"]["refine_k_default"]
+    default_k = read_metadata(model).export["web"]["refine_k_default"]
+    k = default_k if refine_k is None else refine_k
     rows = []
     load_before = machine_load()
     with HeadlessChromium(site) as browser, \
@@ -109,13 +112,13 @@ def measure(site: Path, threads: int, rounds: int, warmup: int) -> dict[str, Any
             feeds = {"src": rgba_to_nchw(src), "bgr": rgba_to_nchw(bgr), "refine_k": np.array([k], np.int64)}
             for _ in range(warmup):
                 native.infer(feeds)
-                browser.page.evaluate(RUN_JS)
+                browser.page.evaluate(RUN_JS, k)
             native_s, browser_s, browser_total_s, refined = [], [], [], set()
             for _ in range(rounds):
                 start = time.perf_counter()
                 outputs = native.infer(feeds)
                 native_s.append(time.perf_counter() - start)
-                result = browser.page.evaluate(RUN_JS)
+                result = browser.page.evaluate(RUN_JS, k)
                 browser_s.append(result["inference"] / 1e3)
                 browser_total_s.append(result["total"] / 1e3)
                 refined.add((int(outputs["ref_sm"].sum()), int(result["refined"])))
@@ -136,10 +139,12 @@ def measure(site: Path, threads: int, rounds: int, warmup: int) -> dict[str, Any
         "schema_version": 1,
         "what": "onnxruntime-web WASM (SIMD + threads) in headless Chromium vs native onnxruntime CPU, same model "
                 "file, same inputs, same thread count, interleaved rounds",
-        "command": f"python -m benchmarks.web_speed --threads {threads} --rounds {rounds} --warmup {warmup}",
+        "command": f"python -m benchmarks.web_speed --threads {threads} --rounds {rounds} --warmup {warmup}"
+                   + ("" if refine_k is None else f" --refine-k {refine_k}"),
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "model": "mobilenetv2 MattingRefine, synthetic seed 0, HD preset (backbone_scale 0.25, 80000 px = "
-                 f"{k} cells), web export (padded convs, refine_k input)",
+                 f"{default_k} cells), web export (padded convs, refine_k input)",
+        "refine_k": k,
         "inputs": f"bundled pair {PAIR} resized (bilinear) per size",
         "threads": threads,
         "rounds": rounds,
@@ -162,12 +167,15 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--refine-k", type=int, default=None,
+                        help="refine budget in 4x4 cells on both sides [the model's: 5000]; 1 leaves the "
+                             "backbone and decoder, to see where the gap is")
     parser.add_argument("--json", default="benchmarks/results/web_speed.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bgm-web-speed-") as folder:
         site = Path(folder) / "site"
         export_web(output=site, ort_dist=args.ort_dist, progress=lambda message: print(message, flush=True))
-        result = measure(site, args.threads, args.rounds, args.warmup)
+        result = measure(site, args.threads, args.rounds, args.warmup, args.refine_k)
     atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
 

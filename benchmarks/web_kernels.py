@@ -1,0 +1,197 @@
+"""Single convolutions of the HD model, onnxruntime-web WASM against native onnxruntime CPU.
+
+Where the browser's time goes (docs/web.md, "Latency"): each row is one ``Conv`` node with a
+shape the HD model runs (mobilenetv2 backbone at 480x270, its ASPP, the decoder, the
+refiner's patch batch), in a one-node ONNX file with seeded weights. The same file and the
+same input run natively (``CPUExecutionProvider``, ``intra_op_num_threads`` = ``--threads``)
+and in headless Chromium (onnxruntime-web, WASM with SIMD, ``numThreads`` = ``--threads``,
+cross-origin isolated), alternating call by call; each timed call runs the node ``--inner``
+times. GFLOP/s counts a multiply-add as 2 FLOPs.
+
+    python -m benchmarks.web_kernels --ort-dist bgm_deploy/web/node_modules/onnxruntime-web/dist
+
+Writes ``benchmarks/results/web_kernels.json`` with the machine's load before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+from onnx import TensorProto, helper, numpy_helper
+
+from bgm_deploy.bench.stats import summarize
+from bgm_deploy.environment import cpu_model
+from bgm_deploy.web.browser import HeadlessChromium
+from bgm_deploy.web.layout import RUNTIME_DIR, SITE_MANIFEST
+from bgm_deploy.web.runtime import DIST_FILES, runtime_files
+from exporters.atomic import atomic_write_text
+
+from .web_speed import machine_load
+
+# name, (batch, in channels, height, width), out channels, kernel, groups, stride, dilation,
+# what it is in the HD model (1920x1080, backbone scale 0.25: the backbone sees 480x270).
+CONVS: tuple[tuple[str, tuple[int, int, int, int], int, int, int, int, int, str], ...] = (
+    ("stem", (1, 8, 270, 480), 32, 3, 1, 2, 1, "backbone features.0 (src+bgr, padded 6->8 channels)"),
+    ("depthwise", (1, 144, 68, 120), 144, 3, 144, 1, 1, "backbone features.4 depthwise"),
+    ("pointwise", (1, 144, 68, 120), 32, 1, 1, 1, 1, "backbone features.4 projection"),
+    ("dilated_depthwise", (1, 960, 17, 30), 960, 3, 960, 1, 2, "backbone features.17 depthwise, dilation 2"),
+    ("aspp", (1, 320, 17, 30), 256, 3, 1, 1, 6, "ASPP 3x3, dilation 6"),
+    ("decoder", (1, 152, 68, 120), 64, 3, 1, 1, 1, "decoder conv2"),
+    ("decoder_conv4", (1, 56, 270, 480), 37, 3, 1, 1, 1, "decoder conv4 (54 channels padded to 56)"),
+    ("refiner", (5000, 42, 8, 8), 24, 3, 1, 1, 1, "refiner conv1 on 5,000 8x8 patches (no padding)"),
+)
+
+SETUP_JS = """
+async ({threads, models}) => {
+  const ort = await import(new URL('ort/ort.min.mjs', location.href).href);
+  ort.env.wasm.wasmPaths = new URL('ort/', location.href).href;
+  ort.env.wasm.numThreads = threads;
+  ort.env.logLevel = 'error';
+  window.__kernels = {};
+  for (const [name, shape] of models) {
+    const session = await ort.InferenceSession.create(name + '.onnx', {executionProviders: ['wasm'],
+                                                                      graphOptimizationLevel: 'all'});
+    const size = shape.reduce((a, b) => a * b, 1);
+    const data = Float32Array.from({length: size}, (_, i) => ((i * 7919) % 1000) / 1000);
+    window.__kernels[name] = {session, feeds: {x: new ort.Tensor('float32', data, shape)}};
+  }
+  return {isolated: crossOriginIsolated, version: ort.env.versions.web || ort.env.versions.common};
+}
+"""
+RUN_JS = """
+async ({name, inner}) => {
+  const {session, feeds} = window.__kernels[name];
+  const t0 = performance.now();
+  for (let i = 0; i < inner; i++) await session.run(feeds);
+  return (performance.now() - t0) / inner;
+}
+"""
+
+
+def conv_file(folder: Path, name: str, shape: tuple[int, int, int, int], out_channels: int, kernel: int,
+              groups: int, stride: int, dilation: int) -> tuple[Path, float]:
+    """A one-Conv ONNX file (seeded weights, the padding a same-size conv uses; the refiner's
+    patch conv is unpadded) and its GFLOP count."""
+    batch, channels, height, width = shape
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((out_channels, channels // groups, kernel, kernel)).astype(np.float32)
+    pad = 0 if name == "refiner" else dilation * (kernel // 2)
+    node = helper.make_node("Conv", ["x", "w"], ["y"], group=groups, pads=[pad] * 4, strides=[stride] * 2,
+                            dilations=[dilation] * 2, kernel_shape=[kernel] * 2)
+    graph = helper.make_graph([node], name, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = folder / f"{name}.onnx"
+    onnx.save(model, path)
+    out_h = (height + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    out_w = (width + 2 * pad - dilation * (kernel - 1) - 1) // stride + 1
+    gflop = 2 * batch * out_channels * out_h * out_w * (channels // groups) * kernel * kernel / 1e9
+    return path, gflop
+
+
+def measure(folder: Path, threads: int, rounds: int, inner: int) -> dict[str, Any]:
+    files = {}
+    for name, shape, out_channels, kernel, groups, stride, dilation, _ in CONVS:
+        files[name] = conv_file(folder, name, shape, out_channels, kernel, groups, stride, dilation)
+    (folder / "bench.html").write_text("<!doctype html><title>kernels</title>\n", encoding="utf-8")
+    listing = ["bench.html", *(f"{name}.onnx" for name in files), *(f"{RUNTIME_DIR}/{n}" for n in DIST_FILES)]
+    (folder / SITE_MANIFEST).write_text(json.dumps({"files": listing}), encoding="utf-8")
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    load_before = machine_load()
+    rows = []
+    with HeadlessChromium(folder) as browser:
+        info = browser.page.evaluate(SETUP_JS, {"threads": threads,
+                                                "models": [[name, list(shape)] for name, shape, *_ in CONVS]})
+        if not info["isolated"]:
+            raise RuntimeError("the page is not cross-origin isolated: WASM would run on one thread")
+        for name, shape, *_, what in CONVS:
+            path, gflop = files[name]
+            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            size = int(np.prod(shape))
+            feeds = {"x": (((np.arange(size) * 7919) % 1000) / 1000).astype(np.float32).reshape(shape)}
+            for _ in range(2):  # warm-up, both sides
+                session.run(None, feeds)
+                browser.page.evaluate(RUN_JS, {"name": name, "inner": 1})
+            native_s, browser_s = [], []
+            for _ in range(rounds):
+                start = time.perf_counter()
+                for _ in range(inner):
+                    session.run(None, feeds)
+                native_s.append((time.perf_counter() - start) / inner)
+                browser_s.append(browser.page.evaluate(RUN_JS, {"name": name, "inner": inner}) / 1e3)
+            native, web = summarize(native_s), summarize(browser_s)
+            rows.append({"conv": name, "what": what, "input": list(shape), "gflop": round(gflop, 4),
+                         "native_median_ms": round(native.median_ms, 3), "browser_median_ms": round(web.median_ms, 3),
+                         "native_gflops": round(gflop / (native.median_ms / 1e3), 1),
+                         "browser_gflops": round(gflop / (web.median_ms / 1e3), 1),
+                         "ratio_median": round(web.median_ms / native.median_ms, 2)})
+            print(f"{name:18s} {gflop:7.3f} GFLOP  native {native.median_ms:8.2f} ms ({rows[-1]['native_gflops']:6.1f} "
+                  f"GFLOP/s)  WASM {web.median_ms:8.2f} ms ({rows[-1]['browser_gflops']:6.1f} GFLOP/s)  "
+                  f"x{rows[-1]['ratio_median']:.2f}", flush=True)
+        chromium = browser.version
+    return {
+        "schema_version": 1,
+        "what": "single Conv nodes with the HD model's shapes: onnxruntime-web WASM (SIMD + threads) in headless "
+                "Chromium vs native onnxruntime CPU, same file and input, same thread count, interleaved rounds",
+        "command": f"python -m benchmarks.web_kernels --threads {threads} --rounds {rounds} --inner {inner}",
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "threads": threads, "rounds": rounds, "inner": inner,
+        "chromium": chromium,
+        "onnxruntime_web": info.get("version"),
+        "onnxruntime": onnxruntime.__version__,
+        "cpu": cpu_model(),
+        "cpu_flags": _simd_flags(),
+        "cores": os.cpu_count(),
+        "machine": platform.machine(),
+        "load_before": load_before,
+        "load_after": machine_load(),
+        "rows": rows,
+    }
+
+
+def _simd_flags() -> list[str]:
+    """The x86 vector extensions this CPU reports (what native onnxruntime's kernels can use)."""
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return []
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+    have = set(flags.split(":", 1)[1].split())
+    return [flag for flag in wanted if flag in have]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ort-dist", default=None, help="onnxruntime-web's dist folder [the pinned download]")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--inner", type=int, default=3, help="runs of the node per timed call")
+    parser.add_argument("--json", default="benchmarks/results/web_kernels.json")
+    args = parser.parse_args()
+    _, dist = runtime_files(args.ort_dist, progress=lambda message: print(message, flush=True))
+    with tempfile.TemporaryDirectory(prefix="bgm-web-kernels-") as name:
+        folder = Path(name)
+        (folder / RUNTIME_DIR).mkdir()
+        for file in DIST_FILES:
+            shutil.copy2(dist / file, folder / RUNTIME_DIR / file)
+        result = measure(folder, args.threads, args.rounds, args.inner)
+    atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
