@@ -3,6 +3,8 @@ export on onnxruntime's CPU provider, in one interleaved run: ``benchmarks/resul
 
     python -m benchmarks.targets_speed                                  # ~15 min on 2 cores
     python -m benchmarks.targets_speed --resolutions 320x256 --rounds 3 --out /tmp/t.json   # smoke
+    python -m benchmarks.targets_speed --resolutions 1920x1080 --sample-pixels 16,80000 \
+        --formats onnx,executorch:rewrites,litert:rewrites --out benchmarks/results/targets_speed_budgets.json
 
 For each resolution the same seeded model (mobilenetv2, synthetic weights, backbone 0.25,
 a fixed sampling budget with prevent-oversampling off so every frame refines exactly
@@ -75,8 +77,8 @@ def load_pair(width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
     return load("src"), load("bgr")
 
 
-def model_config(width: int, height: int) -> ModelConfig:
-    pixels = SAMPLE_PIXELS.get((width, height), 80_000)
+def model_config(width: int, height: int, sample_pixels: int | None = None) -> ModelConfig:
+    pixels = sample_pixels or SAMPLE_PIXELS.get((width, height), 80_000)
     return ModelConfig(backbone="mobilenetv2", backbone_scale=0.25, refine_mode="sampling", refine_sample_pixels=pixels,
                        refine_prevent_oversampling=False, seed=0)
 
@@ -103,7 +105,7 @@ def export_all(config: ModelConfig, size: tuple[int, int], folder: Path, rows: l
             options = {"rewrites": variant == "rewrites", "dynamic": dynamic}
             recipe = RecipeConfig(resolution=size, options=options) if fmt != "onnx" else None
             export(config, path, fmt, resolution=None if dynamic else size, recipe_config=recipe, overwrite=True,
-                   progress=lambda line: print(f"  [{row}] {line}", flush=True))
+                   progress=lambda line, row=row: print(f"  [{row}] {line}", flush=True))
         if dynamic:
             shared[key] = path
         files[row] = {"path": str(path), "size_bytes": _size(path), "export_seconds": time.perf_counter() - start}
@@ -124,9 +126,9 @@ def _size(path: Path) -> int:
 
 
 def bench_size(size: tuple[int, int], folder: Path, formats: list[str], rounds: int, threads: int,
-               shared: dict[str, Path]) -> dict[str, Any]:
+               shared: dict[str, Path], sample_pixels: int | None = None) -> dict[str, Any]:
     width, height = size
-    config = model_config(width, height)
+    config = model_config(width, height, sample_pixels)
     files = export_all(config, size, folder, formats, shared)
     src, bgr = load_pair(width, height)
     feeds = {"src": src, "bgr": bgr}
@@ -189,14 +191,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", default="/tmp/bgm-targets-speed", help="exported files (reused when present)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "targets_speed.json"))
     parser.add_argument("--note", default="", help="what else ran on the machine meanwhile")
+    parser.add_argument("--sample-pixels", default=None,
+                        help="refine budgets for every size, comma-separated [4,000 at 320x256, 80,000 otherwise]; "
+                             "16 refines one cell, leaving the backbone and decoder")
     args = parser.parse_args(argv)
     folder = Path(args.workdir)
     folder.mkdir(parents=True, exist_ok=True)
     formats = [f for f in args.formats.split(",") if f]
     load_before = os.getloadavg()
     shared: dict[str, Path] = {}
-    sizes = [bench_size(parse_size(s), folder, formats, args.rounds, args.threads, shared)
-             for s in args.resolutions.split(",")]
+    budgets = [int(p) for p in args.sample_pixels.split(",")] if args.sample_pixels else [None]
+    sizes = [bench_size(parse_size(s), folder, formats, args.rounds, args.threads, shared, pixels)
+             for s in args.resolutions.split(",") for pixels in budgets]
     environment = environment_info()
     report = {
         "schema_version": 1,
