@@ -1,14 +1,20 @@
 """Single convolutions of the HD model, onnxruntime-web WASM against native onnxruntime CPU.
 
-Where the browser's time goes (docs/web.md, "Latency"): each row is one ``Conv`` node with a
-shape the HD model runs (mobilenetv2 backbone at 480x270, its ASPP, the decoder, the
-refiner's patch batch), in a one-node ONNX file with seeded weights. The same file and the
-same input run natively (``CPUExecutionProvider``, ``intra_op_num_threads`` = ``--threads``)
-and in headless Chromium (onnxruntime-web, WASM with SIMD, ``numThreads`` = ``--threads``,
-cross-origin isolated), alternating call by call; each timed call runs the node ``--inner``
-times. GFLOP/s counts a multiply-add as 2 FLOPs.
+Where the browser's time goes (docs/web.md, "Latency"). Each row is one ``Conv`` node in a
+one-node ONNX file; the same file and the same input run natively (``CPUExecutionProvider``,
+``intra_op_num_threads`` = ``--threads``) and in headless Chromium (onnxruntime-web, WASM
+with SIMD, ``numThreads`` = ``--threads``, cross-origin isolated), alternating call by call;
+each timed call runs the node ``--inner`` times. GFLOP/s counts a multiply-add as 2 FLOPs.
+
+* default: eight representative shapes of the HD model (backbone at 480x270, ASPP, decoder,
+  the refiner's patch batch) with seeded weights;
+* ``--model``: **every** ``Conv`` of the exported web model (default model, HD, 5,000 refined
+  cells), with its own weights and attributes at the input shape it gets on the bundled HD
+  pair, plus the whole model on both sides in the same run: the sum of the WASM convolutions
+  is a lower bound of the browser's time, to set against native onnxruntime's whole model.
 
     python -m benchmarks.web_kernels --ort-dist bgm_deploy/web/node_modules/onnxruntime-web/dist
+    python -m benchmarks.web_kernels --model --json benchmarks/results/web_kernels_model.json
 
 Writes ``benchmarks/results/web_kernels.json`` with the machine's load before and after.
 """
@@ -33,11 +39,14 @@ from onnx import TensorProto, helper, numpy_helper
 from bgm_deploy.bench.stats import summarize
 from bgm_deploy.environment import cpu_model
 from bgm_deploy.web.browser import HeadlessChromium
-from bgm_deploy.web.layout import RUNTIME_DIR, SITE_MANIFEST
+from bgm_deploy.web.layout import MODEL_FILE, RUNTIME_DIR, SITE_MANIFEST
 from bgm_deploy.web.runtime import DIST_FILES, runtime_files
+from bgm_deploy.web.site import export_web
 from exporters.atomic import atomic_write_text
 
-from .web_speed import machine_load
+from .web_speed import PAIR, _b64, machine_load
+from .web_speed import RUN_JS as MODEL_RUN_JS
+from .web_speed import SETUP_JS as MODEL_SETUP_JS
 
 # name, (batch, in channels, height, width), out channels, kernel, groups, stride, dilation,
 # what it is in the HD model (1920x1080, backbone scale 0.25: the backbone sees 480x270).
@@ -120,34 +129,22 @@ def measure(folder: Path, threads: int, rounds: int, inner: int) -> dict[str, An
             raise RuntimeError("the page is not cross-origin isolated: WASM would run on one thread")
         for name, shape, *_, what in CONVS:
             path, gflop = files[name]
-            session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-            size = int(np.prod(shape))
-            feeds = {"x": (((np.arange(size) * 7919) % 1000) / 1000).astype(np.float32).reshape(shape)}
-            for _ in range(2):  # warm-up, both sides
-                session.run(None, feeds)
-                browser.page.evaluate(RUN_JS, {"name": name, "inner": 1})
-            native_s, browser_s = [], []
-            for _ in range(rounds):
-                start = time.perf_counter()
-                for _ in range(inner):
-                    session.run(None, feeds)
-                native_s.append((time.perf_counter() - start) / inner)
-                browser_s.append(browser.page.evaluate(RUN_JS, {"name": name, "inner": inner}) / 1e3)
-            native, web = summarize(native_s), summarize(browser_s)
-            rows.append({"conv": name, "what": what, "input": list(shape), "gflop": round(gflop, 4),
-                         "native_median_ms": round(native.median_ms, 3), "browser_median_ms": round(web.median_ms, 3),
-                         "native_gflops": round(gflop / (native.median_ms / 1e3), 1),
-                         "browser_gflops": round(gflop / (web.median_ms / 1e3), 1),
-                         "ratio_median": round(web.median_ms / native.median_ms, 2)})
-            print(f"{name:18s} {gflop:7.3f} GFLOP  native {native.median_ms:8.2f} ms ({rows[-1]['native_gflops']:6.1f} "
-                  f"GFLOP/s)  WASM {web.median_ms:8.2f} ms ({rows[-1]['browser_gflops']:6.1f} GFLOP/s)  "
-                  f"x{rows[-1]['ratio_median']:.2f}", flush=True)
+            rows.append({"conv": name, "what": what, **time_conv(browser, path, name, shape, gflop, options, rounds,
+                                                                   inner)})
         chromium = browser.version
     return {
         "schema_version": 1,
         "what": "single Conv nodes with the HD model's shapes: onnxruntime-web WASM (SIMD + threads) in headless "
                 "Chromium vs native onnxruntime CPU, same file and input, same thread count, interleaved rounds",
         "command": f"python -m benchmarks.web_kernels --threads {threads} --rounds {rounds} --inner {inner}",
+        **_header(threads, rounds, inner, chromium, info, load_before),
+        "rows": rows,
+    }
+
+
+def _header(threads: int, rounds: int, inner: int, chromium: str, info: dict[str, Any],
+            load_before: dict[str, Any]) -> dict[str, Any]:
+    return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "threads": threads, "rounds": rounds, "inner": inner,
         "chromium": chromium,
@@ -159,6 +156,131 @@ def measure(folder: Path, threads: int, rounds: int, inner: int) -> dict[str, An
         "machine": platform.machine(),
         "load_before": load_before,
         "load_after": machine_load(),
+    }
+
+
+def time_conv(browser: HeadlessChromium, path: Path, name: str, shape: tuple[int, ...], gflop: float,
+              options: onnxruntime.SessionOptions, rounds: int, inner: int) -> dict[str, Any]:
+    """One node's row: native and WASM medians over interleaved rounds (2 warm-up calls each)."""
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    size = int(np.prod(shape))
+    feeds = {"x": (((np.arange(size) * 7919) % 1000) / 1000).astype(np.float32).reshape(shape)}
+    for _ in range(2):  # warm-up, both sides
+        session.run(None, feeds)
+        browser.page.evaluate(RUN_JS, {"name": name, "inner": 1})
+    native_s, browser_s = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(inner):
+            session.run(None, feeds)
+        native_s.append((time.perf_counter() - start) / inner)
+        browser_s.append(browser.page.evaluate(RUN_JS, {"name": name, "inner": inner}) / 1e3)
+    native, web = summarize(native_s), summarize(browser_s)
+    row = {"input": list(shape), "gflop": round(gflop, 4),
+           "native_median_ms": round(native.median_ms, 3), "browser_median_ms": round(web.median_ms, 3),
+           "native_gflops": round(gflop / (native.median_ms / 1e3), 1),
+           "browser_gflops": round(gflop / (web.median_ms / 1e3), 1),
+           "ratio_median": round(web.median_ms / native.median_ms, 2)}
+    print(f"{name[:40]:40s} {gflop:7.3f} GFLOP  native {native.median_ms:8.2f} ms ({row['native_gflops']:6.1f} "
+          f"GFLOP/s)  WASM {web.median_ms:8.2f} ms ({row['browser_gflops']:6.1f} GFLOP/s)  x{row['ratio_median']:.2f}",
+          flush=True)
+    return row
+
+
+def model_conv_files(site: Path, size: tuple[int, int]) -> tuple[list[tuple[str, tuple[int, ...], float]], dict]:
+    """One file per ``Conv`` of ``site``'s model, with its weights and attributes, at the input shape
+    it gets on the bundled pair at ``size`` (read by running the model once with every Conv input
+    as an extra output); also the native feeds of the whole model."""
+    from bgm_deploy.web.browser import bundled_pairs_rgba, rgba_to_nchw
+    from exporters.metadata import read_metadata
+
+    model = onnx.load(site / MODEL_FILE)
+    convs = [node for node in model.graph.node if node.op_type == "Conv"]
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    known = {output.name for output in probe.graph.output}
+    for node in convs:
+        if node.input[0] not in known:
+            probe.graph.output.append(helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None))
+            known.add(node.input[0])
+    src, bgr = next((s, b) for name, s, b in bundled_pairs_rgba(*size) if name == PAIR)
+    k = read_metadata(site / MODEL_FILE).export["web"]["refine_k_default"]
+    feeds = {"src": rgba_to_nchw(src), "bgr": rgba_to_nchw(bgr), "refine_k": np.array([k], np.int64)}
+    session = onnxruntime.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [output.name for output in session.get_outputs()]
+    shapes = {name: value.shape for name, value in zip(names, session.run(None, feeds))}
+    weights = {init.name: init for init in model.graph.initializer}
+    files = []
+    for index, node in enumerate(convs):
+        shape = tuple(int(d) for d in shapes[node.input[0]])
+        inputs = ["x", *node.input[1:]]
+        inits = [weights[name] for name in node.input[1:] if name]
+        one = helper.make_node("Conv", inputs, ["y"], **{a.name: helper.get_attribute_value(a) for a in node.attribute})
+        graph = helper.make_graph([one], f"conv{index}", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                                        list(shape))],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        single = helper.make_model(graph, opset_imports=model.opset_import)
+        single.ir_version = model.ir_version
+        name = f"conv{index:02d}"
+        onnx.save(single, site / f"{name}.onnx")
+        weight = numpy_helper.to_array(weights[node.input[1]])
+        out = onnxruntime.InferenceSession(single.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+            None, {"x": np.zeros(shape, np.float32)})[0]
+        gflop = 2 * int(np.prod(out.shape)) * int(np.prod(weight.shape[1:])) / 1e9
+        files.append((name, shape, gflop, node.name))
+    return files, {"feeds": feeds, "src": src, "bgr": bgr, "k": k}
+
+
+def measure_model(site: Path, threads: int, rounds: int, inner: int, size: tuple[int, int]) -> dict[str, Any]:
+    """Every Conv of the model, and the whole model, both sides, one run."""
+    files, whole = model_conv_files(site, size)
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    load_before = machine_load()
+    rows = []
+    width, height = size
+    with HeadlessChromium(site) as browser:
+        info = browser.page.evaluate(SETUP_JS, {"threads": threads,
+                                                "models": [[name, list(shape)] for name, shape, *_ in files]})
+        if not info["isolated"]:
+            raise RuntimeError("the page is not cross-origin isolated: WASM would run on one thread")
+        for name, shape, gflop, node in files:
+            rows.append({"conv": name, "node": node, **time_conv(browser, site / f"{name}.onnx", name, shape, gflop,
+                                                                 options, rounds, inner)})
+        # The whole model: the site's module (bgm.js, WASM) against native onnxruntime, interleaved.
+        browser.page.evaluate(MODEL_SETUP_JS, {"threads": threads, "src": _b64(whole["src"]), "bgr": _b64(whole["bgr"]),
+                                               "width": width, "height": height})
+        native_model = onnxruntime.InferenceSession(str(site / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+        for _ in range(2):
+            native_model.run(None, whole["feeds"])
+            browser.page.evaluate(MODEL_RUN_JS, whole["k"])
+        native_s, browser_s = [], []
+        for _ in range(rounds):
+            start = time.perf_counter()
+            native_model.run(None, whole["feeds"])
+            native_s.append(time.perf_counter() - start)
+            browser_s.append(browser.page.evaluate(MODEL_RUN_JS, whole["k"])["inference"] / 1e3)
+        chromium = browser.version
+    native, web = summarize(native_s), summarize(browser_s)
+    convs_native = sum(row["native_median_ms"] for row in rows)
+    convs_browser = sum(row["browser_median_ms"] for row in rows)
+    summary = {
+        "convs": len(rows), "gflop": round(sum(row["gflop"] for row in rows), 3),
+        "convs_native_ms": round(convs_native, 1), "convs_browser_ms": round(convs_browser, 1),
+        "model_native_median_ms": round(native.median_ms, 1), "model_browser_median_ms": round(web.median_ms, 1),
+        "model_ratio_median": round(web.median_ms / native.median_ms, 2),
+        "browser_convs_over_native_model": round(convs_browser / native.median_ms, 2),
+    }
+    print(json.dumps(summary), flush=True)
+    return {
+        "schema_version": 1,
+        "what": "every Conv node of the web export (default model, HD preset, 5,000 refined cells) alone at the input "
+                "shape it gets on the bundled HD pair, and the whole model, onnxruntime-web WASM (SIMD + threads) in "
+                "headless Chromium vs native onnxruntime CPU, same files, same thread count, interleaved rounds",
+        "command": f"python -m benchmarks.web_kernels --model --threads {threads} --rounds {rounds} --inner {inner}",
+        "resolution": [width, height],
+        "summary": summary,
+        **_header(threads, rounds, inner, chromium, info, load_before),
         "rows": rows,
     }
 
@@ -180,15 +302,23 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--inner", type=int, default=3, help="runs of the node per timed call")
+    parser.add_argument("--model", action="store_true",
+                        help="every Conv of the exported HD web model, and the whole model (default: 8 shapes)")
     parser.add_argument("--json", default="benchmarks/results/web_kernels.json")
     args = parser.parse_args()
-    _, dist = runtime_files(args.ort_dist, progress=lambda message: print(message, flush=True))
+    say = lambda message: print(message, flush=True)
     with tempfile.TemporaryDirectory(prefix="bgm-web-kernels-") as name:
         folder = Path(name)
-        (folder / RUNTIME_DIR).mkdir()
-        for file in DIST_FILES:
-            shutil.copy2(dist / file, folder / RUNTIME_DIR / file)
-        result = measure(folder, args.threads, args.rounds, args.inner)
+        if args.model:
+            site = folder / "site"
+            export_web(output=site, ort_dist=args.ort_dist, progress=say)
+            result = measure_model(site, args.threads, args.rounds, args.inner, (1920, 1080))
+        else:
+            _, dist = runtime_files(args.ort_dist, progress=say)
+            (folder / RUNTIME_DIR).mkdir()
+            for file in DIST_FILES:
+                shutil.copy2(dist / file, folder / RUNTIME_DIR / file)
+            result = measure(folder, args.threads, args.rounds, args.inner)
     atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
 
