@@ -221,6 +221,25 @@ def server_environment(dist: TritonDist, base: dict[str, str] | None = None) -> 
     return env
 
 
+def failure_reason(log_path: Path | None, offset: int = 0) -> str:
+    """The most telling line of the server log after byte ``offset`` (where the current server
+    process started writing: the log is appended to across restarts and runs of ``--log``, and
+    an older crash must not be named as this one's cause)."""
+    text = ""
+    if log_path is not None and log_path.exists():
+        with open(log_path, "rb") as log_file:
+            log_file.seek(offset)
+            text = log_file.read().decode(errors="replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for marker in ("Address already in use", "failed to load", "Error:", "error:", "E1", "E0"):
+        hits = [line for line in lines if marker in line and "NVML" not in line and "DCGM" not in line
+                and "CudaDriver" not in line and "config modification time" not in line]
+        if hits:
+            reason = hits[-1] if marker != "failed to load" else hits[0]
+            return f"{reason[:600]} (log: {log_path})"
+    return f"see the server log {log_path}" if lines else "the server printed nothing"
+
+
 def _set_parent_death_signal() -> None:
     """Runs in the child before exec: the server gets SIGTERM if this process dies (Linux).
 
@@ -247,6 +266,7 @@ class TritonServer:
         self._process: subprocess.Popen[bytes] | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
         self.log_path: Path | None = None
+        self._log_offset = 0  # the log's size when the current server process started
         self.ports: dict[str, int] = {}
         self.last_pid: int | None = None  # the server process of the last start (also after stop)
         self.last_log = ""
@@ -375,6 +395,7 @@ class TritonServer:
         self._say(f"starting tritonserver (HTTP {ports['http']} through the request guard, gRPC {ports['grpc']}, "
                   f"metrics {ports['metrics']} on {host})")
         with open(self.log_path, "ab") as log_file:
+            self._log_offset = log_file.tell()  # appended to: a restart (or an earlier run's --log) came before
             self._process = subprocess.Popen(
                 command, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                 env=server_environment(dist), start_new_session=True,
@@ -399,16 +420,8 @@ class TritonServer:
         raise ServeError(f"model {name!r} was not ready after {self.config.startup_timeout:.0f} s: {self._failure_reason()}")
 
     def _failure_reason(self) -> str:
-        """The most telling line of the server log."""
-        text = self.log_path.read_text(errors="replace") if self.log_path and self.log_path.exists() else ""
-        lines = [line.strip() for line in text.splitlines() if line.strip()]
-        for marker in ("Address already in use", "failed to load", "Error:", "error:", "E1", "E0"):
-            hits = [line for line in lines if marker in line and "NVML" not in line and "DCGM" not in line
-                    and "CudaDriver" not in line and "config modification time" not in line]
-            if hits:
-                reason = hits[-1] if marker != "failed to load" else hits[0]
-                return f"{reason[:600]} (log: {self.log_path})"
-        return f"see the server log {self.log_path}" if lines else "the server printed nothing"
+        """The most telling line the current server process logged."""
+        return failure_reason(self.log_path, self._log_offset)
 
     def stop(self) -> None:
         """Graceful shutdown (SIGTERM: Triton finishes in-flight requests), then SIGKILL to
