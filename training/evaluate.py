@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .train import RECIPES, STAGE_RECIPES, apply_freeze, evaluate, new_model, validation_sets
+from .train import RECIPES, STAGE_RECIPES, evaluate, new_model, validation_sets
 
 
 def score(weights: Path, recipe: str = "refine-v2", sets: dict | None = None) -> dict[str, float]:
@@ -26,7 +26,6 @@ def score(weights: Path, recipe: str = "refine-v2", sets: dict | None = None) ->
     config = RECIPES[recipe]
     model = new_model("refine", config.sample_pixels)
     model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True), strict=True)
-    apply_freeze(model, ())
     return evaluate(model, config, sets if sets is not None else validation_sets(config))
 
 
