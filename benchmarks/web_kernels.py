@@ -38,11 +38,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from bgm_deploy.bench.stats import summarize
 from bgm_deploy.environment import cpu_model
-from bgm_deploy.web.browser import HeadlessChromium
+from bgm_deploy.web.browser import HeadlessChromium, bundled_pairs_rgba, rgba_to_nchw
 from bgm_deploy.web.layout import MODEL_FILE, RUNTIME_DIR, SITE_MANIFEST
 from bgm_deploy.web.runtime import DIST_FILES, runtime_files
 from bgm_deploy.web.site import export_web
 from exporters.atomic import atomic_write_text
+from exporters.metadata import read_metadata
 
 from .web_speed import PAIR, _b64, machine_load
 from .web_speed import RUN_JS as MODEL_RUN_JS
@@ -191,9 +192,6 @@ def model_conv_files(site: Path, size: tuple[int, int]) -> tuple[list[tuple[str,
     """One file per ``Conv`` of ``site``'s model, with its weights and attributes, at the input shape
     it gets on the bundled pair at ``size`` (read by running the model once with every Conv input
     as an extra output); also the native feeds of the whole model."""
-    from bgm_deploy.web.browser import bundled_pairs_rgba, rgba_to_nchw
-    from exporters.metadata import read_metadata
-
     model = onnx.load(site / MODEL_FILE)
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
     probe = onnx.ModelProto()
