@@ -37,7 +37,7 @@ import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
 from bgm_deploy.bench.stats import summarize
-from bgm_deploy.environment import cpu_model
+from bgm_deploy.environment import cpu_model, cpu_simd_flags
 from bgm_deploy.web.browser import HeadlessChromium, bundled_pairs_rgba, rgba_to_nchw
 from bgm_deploy.web.layout import MODEL_FILE, RUNTIME_DIR, SITE_MANIFEST
 from bgm_deploy.web.runtime import DIST_FILES, runtime_files
@@ -152,7 +152,7 @@ def _header(threads: int, rounds: int, inner: int, chromium: str, info: dict[str
         "onnxruntime_web": info.get("version"),
         "onnxruntime": onnxruntime.__version__,
         "cpu": cpu_model(),
-        "cpu_flags": _simd_flags(),
+        "cpu_flags": cpu_simd_flags(),
         "cores": os.cpu_count(),
         "machine": platform.machine(),
         "load_before": load_before,
@@ -190,17 +190,18 @@ def time_conv(browser: HeadlessChromium, path: Path, name: str, shape: tuple[int
 
 def model_conv_files(site: Path, size: tuple[int, int]) -> tuple[list[tuple[str, tuple[int, ...], float]], dict]:
     """One file per ``Conv`` of ``site``'s model, with its weights and attributes, at the input shape
-    it gets on the bundled pair at ``size`` (read by running the model once with every Conv input
-    as an extra output); also the native feeds of the whole model."""
+    it gets on the bundled pair at ``size`` (read by running the model once with every Conv's input
+    and output as extra outputs; the output gives the FLOP count); also the native feeds of the
+    whole model."""
     model = onnx.load(site / MODEL_FILE)
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {output.name for output in probe.graph.output}
-    for node in convs:
-        if node.input[0] not in known:
-            probe.graph.output.append(helper.make_tensor_value_info(node.input[0], TensorProto.FLOAT, None))
-            known.add(node.input[0])
+    for name in (tensor for node in convs for tensor in (node.input[0], node.output[0])):
+        if name not in known:
+            probe.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+            known.add(name)
     src, bgr = next((s, b) for name, s, b in bundled_pairs_rgba(*size) if name == PAIR)
     k = read_metadata(site / MODEL_FILE).export["web"]["refine_k_default"]
     feeds = {"src": rgba_to_nchw(src), "bgr": rgba_to_nchw(bgr), "refine_k": np.array([k], np.int64)}
@@ -222,9 +223,7 @@ def model_conv_files(site: Path, size: tuple[int, int]) -> tuple[list[tuple[str,
         name = f"conv{index:02d}"
         onnx.save(single, site / f"{name}.onnx")
         weight = numpy_helper.to_array(weights[node.input[1]])
-        out = onnxruntime.InferenceSession(single.SerializeToString(), providers=["CPUExecutionProvider"]).run(
-            None, {"x": np.zeros(shape, np.float32)})[0]
-        gflop = 2 * int(np.prod(out.shape)) * int(np.prod(weight.shape[1:])) / 1e9
+        gflop = 2 * int(np.prod(shapes[node.output[0]])) * int(np.prod(weight.shape[1:])) / 1e9
         files.append((name, shape, gflop, node.name))
     return files, {"feeds": feeds, "src": src, "bgr": bgr, "k": k}
 
@@ -281,17 +280,6 @@ def measure_model(site: Path, threads: int, rounds: int, inner: int, size: tuple
         **_header(threads, rounds, inner, chromium, info, load_before),
         "rows": rows,
     }
-
-
-def _simd_flags() -> list[str]:
-    """The x86 vector extensions this CPU reports (what native onnxruntime's kernels can use)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
-    except (OSError, StopIteration):
-        return []
-    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
-    have = set(flags.split(":", 1)[1].split())
-    return [flag for flag in wanted if flag in have]
 
 
 def main() -> None:

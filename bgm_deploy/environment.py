@@ -28,6 +28,19 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_simd_flags() -> list[str]:
+    """The x86 vector extensions the CPU reports (what native kernels can use), from
+    ``/proc/cpuinfo``; empty where it cannot be read."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return []
+    have = set(flags.split(":", 1)[-1].split())
+    wanted = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+    return [flag for flag in wanted if flag in have]
+
+
 def onnxruntime_providers() -> list[str]:
     try:
         import onnxruntime
