@@ -75,7 +75,9 @@ class TritonModelOptions:
         dynamic_batching: let Triton merge concurrent requests of the same size into a batch.
         max_queue_delay_us: how long the batcher may hold a request to fill a batch.
         instances: model instances (the Python backend runs each in its own process).
-        kind: ``"cpu"`` or ``"gpu"`` instances.
+        kind: ``"cpu"`` or ``"gpu"`` instances; None: the python flavour's instances follow its
+            target's device, the onnxruntime flavour's are ``"cpu"``. A kind named explicitly
+            that contradicts the python flavour's target is refused.
         outputs: python flavour: any of pha, fgr, rgba; onnxruntime flavour: model outputs.
         io_dtype: python flavour: ``"uint8"`` (default: an HD float32 src+bgr pair is ~50 MB
             per request, uint8 ~12 MB) or ``"float32"`` images in 0..1.
@@ -92,7 +94,7 @@ class TritonModelOptions:
     dynamic_batching: bool = True
     max_queue_delay_us: int = 2000
     instances: int = 1
-    kind: str = "cpu"
+    kind: str | None = None
     outputs: tuple[str, ...] = ("pha", "fgr")
     io_dtype: str = "uint8"
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -110,7 +112,7 @@ class TritonModelOptions:
             raise UsageError(f"max_queue_delay_us={self.max_queue_delay_us} is not valid; it must be >= 0")
         if self.instances < 1:
             raise UsageError(f"instances={self.instances} is not valid; it must be >= 1")
-        if self.kind not in KINDS:
+        if self.kind is not None and self.kind not in KINDS:
             raise UsageError(f"kind={self.kind!r} is not valid; valid: {', '.join(KINDS)}")
         if self.io_dtype not in IO_DTYPES:
             raise UsageError(f"io_dtype={self.io_dtype!r} is not valid; valid: {', '.join(IO_DTYPES)}")
@@ -188,7 +190,7 @@ def onnxruntime_config_text(options: TritonModelOptions, onnx_inputs: dict[str, 
     missing = [name for name in options.outputs if name not in onnx_outputs]
     if missing:
         raise UsageError(f"outputs {', '.join(missing)} are not in the ONNX file (it has {', '.join(onnx_outputs)})")
-    message = _model_config(options, "onnxruntime", options.kind)
+    message = _model_config(options, "onnxruntime", options.kind or "cpu")
     for name, dtype in onnx_inputs.items():
         _add_tensor(message, "input", name, types[dtype], [CHANNELS[name], -1, -1])
     for name in options.outputs:
@@ -318,7 +320,7 @@ def write_python_repository(
     """
     target = spec.resolve_target()
     kind = "gpu" if target.device == "cuda" else "cpu"
-    if options.kind != kind and options.kind != "cpu":
+    if options.kind is not None and options.kind != kind:
         raise UsageError(f"--triton-device {options.kind} does not match target {target.name} ({target.device}); "
                          "pick the device with --target")
     if target.why_unusable() is None:
@@ -394,6 +396,7 @@ def export_triton(
         UsageError, ExportError, ServeError, MissingExtraError.
     """
     options = options or TritonModelOptions()
+    options = dataclasses.replace(options, kind=options.kind or "cpu")  # the instance kind picks the target here
     if flavour not in FLAVOURS:
         raise UsageError(f"flavour={flavour!r} is not valid; valid: {', '.join(FLAVOURS)}")
     if flavour == "python" and options.tensorrt:

@@ -8,6 +8,7 @@ is loaded by the real server in ``test_serve.py``.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,9 @@ from click.testing import CliRunner
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason='needs pip install --no-deps -r requirements-serve.txt')
 text_format = pytest.importorskip("google.protobuf.text_format")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "runtimes"))
+import model_files
 
 from bgm_deploy.cli import cli
 from bgm_deploy.errors import UsageError
@@ -26,6 +30,7 @@ from bgm_deploy.serve.repository import (
     python_config_text,
     triton_export_outputs,
     validate_config_text,
+    write_python_repository,
 )
 
 
@@ -87,3 +92,18 @@ def test_triton_output_must_be_a_folder(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     result = CliRunner().invoke(cli, ["export", "--format", "triton", "-o", str(tmp_path / "file")])
     assert result.exit_code == 2 and "is a file; a Triton model repository is a folder" in result.output
+
+
+def test_instance_kind_follows_the_target_unless_named(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    onnx_model = model_files.model_file("onnx", tmp_path_factory.getbasetemp() / "bgm_models")
+    spec = ModelSpec(model=str(onnx_model), target="cuda")  # written here, loaded by a GPU server
+    model_dir = write_python_repository(tmp_path / "gpu", TritonModelOptions(), spec)
+    message = validate_config_text((model_dir / "config.pbtxt").read_text())
+    assert message.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    # Named explicitly, a kind that contradicts the target is refused, not overridden.
+    with pytest.raises(UsageError, match="--triton-device cpu does not match target onnxruntime-cuda"):
+        write_python_repository(tmp_path / "cpu", TritonModelOptions(kind="cpu"), spec)
+    assert not (tmp_path / "cpu").exists()
+    cpu_dir = write_python_repository(tmp_path / "cpu", TritonModelOptions(), ModelSpec(model=str(onnx_model), threads=1))
+    message = validate_config_text((cpu_dir / "config.pbtxt").read_text())
+    assert message.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
