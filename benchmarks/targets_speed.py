@@ -5,6 +5,9 @@ export on onnxruntime's CPU provider, in one interleaved run: ``benchmarks/resul
     python -m benchmarks.targets_speed --resolutions 320x256 --rounds 3 --out /tmp/t.json   # smoke
     python -m benchmarks.targets_speed --resolutions 1920x1080 --sample-pixels 16,80000 \
         --formats onnx,executorch:rewrites,litert:rewrites --out benchmarks/results/targets_speed_budgets.json
+    python -m benchmarks.targets_speed --resolutions 1920x1080 --sample-pixels 16 \
+        --formats onnx,onnx:coarse,executorch:rewrites,executorch:coarse,litert:rewrites,litert:coarse \
+        --out benchmarks/results/targets_speed_coarse.json
 
 For each resolution the same seeded model (mobilenetv2, synthetic weights, backbone 0.25,
 a fixed sampling budget with prevent-oversampling off so every frame refines exactly
@@ -15,11 +18,14 @@ default dynamic shapes; one file per sample budget, serving any size). Core ML i
 Rows name the options explicitly: a bare row is the static-K refiner without the ported speed
 rewrites, ``:rewrites`` with them (what ``export`` writes by default for ExecuTorch and LiteRT,
 decided from this benchmark), ``aoti:fixed`` a fixed-size AOTInductor file, ``onnx:static`` an ONNX
-file of the static-K refiner.
+file of the static-K refiner, ``format:coarse`` a file of the coarse outputs only (the backbone and
+decoder alone, to split a target's time from its refiner's).
 Every runner is created through the target registry with the same thread count, fed the same
 bundled photo pair resized to the resolution, and timed interleaved (one call of each per
-round, so machine drift hits all alike); the reported latency is the median over rounds, the
-ratio is against ``onnxruntime-cpu`` of the same rounds. Parity: each target's outputs against
+round, so machine drift hits all alike, each call after an idle ``--pause`` so that the
+previous runtime's spinning threads do not take its cores); the reported latency is the median over rounds, the
+ratio is against ``onnxruntime-cpu`` of the same rounds (a ``:coarse`` row against ``onnx:coarse``
+when that row runs too). Parity: each target's outputs against
 eager PyTorch on the timed inputs by verify's rule (``compare_case``). The JSON records the
 machine, its load before and after, and what else ran (``--note``).
 """
@@ -38,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from bgm_deploy.bench.harness import INTERLEAVE_PAUSE_S
 from bgm_deploy.environment import cpu_model, environment_info
 from bgm_deploy.export import export
 from bgm_deploy.images import BUNDLED_PAIRS_DIR
@@ -56,6 +63,10 @@ BASELINE = "onnxruntime-cpu"
 # format -> the target that runs it here
 TARGETS = {"onnx": BASELINE, "executorch": "executorch-cpu", "litert": "litert-cpu", "aoti": "aoti-cpu"}
 SUFFIXES = {"onnx": ".onnx", "executorch": ".pte", "litert": ".tflite", "aoti": ".pt2"}
+# Idle seconds before each timed call: the previous row's spinning threads park first.
+PAUSE = INTERLEAVE_PAUSE_S
+# The ``:coarse`` rows keep only these outputs: the backbone and decoder, the refiner pruned.
+COARSE = ("pha_sm", "fgr_sm", "err_sm")
 # Fixed budget per resolution (the original's presets at HD; 4,000 px at the small size).
 SAMPLE_PIXELS = {(320, 256): 4_000, (1920, 1080): 80_000}
 PAIR = "astronaut_rocket_1920x1080_shifted"
@@ -87,8 +98,10 @@ def export_all(config: ModelConfig, size: tuple[int, int], folder: Path, rows: l
                shared: dict[str, Path]) -> dict[str, dict[str, Any]]:
     """Each row's file (made once; an AOTInductor file is dynamic and shared by all sizes).
     A row is a format, ``format:rewrites`` for its export with the ported speed rewrites,
-    ``aoti:fixed`` for an AOTInductor file of the benchmark's size (its default is dynamic), or
-    ``onnx:static`` for an ONNX file of the static-K refiner (:func:`static_onnx`)."""
+    ``aoti:fixed`` for an AOTInductor file of the benchmark's size (its default is dynamic),
+    ``onnx:static`` for an ONNX file of the static-K refiner (:func:`static_onnx`), or
+    ``format:coarse`` for a file with only the coarse outputs (:data:`COARSE`): the backbone and
+    decoder alone, at the same input size, the refiner pruned."""
     files = {}
     for row in rows:
         fmt, _, variant = row.partition(":")
@@ -102,9 +115,11 @@ def export_all(config: ModelConfig, size: tuple[int, int], folder: Path, rows: l
         if not path.exists() and row == "onnx:static":
             static_onnx(config, size, path)
         elif not path.exists():
+            outputs = COARSE if variant == "coarse" else None
             options = {"rewrites": variant == "rewrites", "dynamic": dynamic}
-            recipe = RecipeConfig(resolution=size, options=options) if fmt != "onnx" else None
-            export(config, path, fmt, resolution=None if dynamic else size, recipe_config=recipe, overwrite=True,
+            recipe = RecipeConfig(resolution=size, options=options, outputs=outputs) if fmt != "onnx" else None
+            export(config, path, fmt, onnx=OnnxConfig(outputs=outputs) if fmt == "onnx" else None,
+                   resolution=None if dynamic else size, recipe_config=recipe, overwrite=True,
                    progress=lambda line, row=row: print(f"  [{row}] {line}", flush=True))
         if dynamic:
             shared[key] = path
@@ -126,7 +141,7 @@ def _size(path: Path) -> int:
 
 
 def bench_size(size: tuple[int, int], folder: Path, formats: list[str], rounds: int, threads: int,
-               shared: dict[str, Path], sample_pixels: int | None = None) -> dict[str, Any]:
+               shared: dict[str, Path], sample_pixels: int | None = None, pause: float = PAUSE) -> dict[str, Any]:
     width, height = size
     config = model_config(width, height, sample_pixels)
     files = export_all(config, size, folder, formats, shared)
@@ -152,6 +167,7 @@ def bench_size(size: tuple[int, int], folder: Path, formats: list[str], rounds: 
             parity[fmt] = {"verdict": case.verdict, "max_abs": {o.name: o.max_abs for o in case.outputs}}
         for _ in range(rounds):
             for fmt, runner in runners.items():
+                time.sleep(pause)  # the previous row's spinning worker threads park (see PAUSE)
                 start = time.perf_counter()
                 runner.infer(feeds)
                 times[fmt].append(time.perf_counter() - start)
@@ -159,10 +175,12 @@ def bench_size(size: tuple[int, int], folder: Path, formats: list[str], rounds: 
     finally:
         for runner in runners.values():
             runner.deactivate()
-    baseline = statistics.median(times["onnx"]) if "onnx" in times else None
     rows = []
     for fmt in formats:
         median = statistics.median(times[fmt])
+        # A coarse row is compared with the coarse ONNX file when there is one (the same pruned graph).
+        base_row = "onnx:coarse" if fmt.endswith(":coarse") and "onnx:coarse" in times else "onnx"
+        baseline = statistics.median(times[base_row]) if base_row in times else None
         rows.append({
             "format": fmt,
             "target": TARGETS[fmt.partition(":")[0]],
@@ -172,12 +190,13 @@ def bench_size(size: tuple[int, int], folder: Path, formats: list[str], rounds: 
             "median_ms": round(median * 1000, 1),
             "min_ms": round(min(times[fmt]) * 1000, 1),
             "ratio_vs_onnxruntime": round(median / baseline, 3) if baseline else None,
+            "ratio_against": base_row if baseline else None,
             "size_mb": round(files[fmt]["size_bytes"] / 1e6, 2),
             "parity_vs_pytorch": parity[fmt],
             "export_seconds": round(files[fmt]["export_seconds"], 1),
         })
         print(f"{width}x{height} {fmt:10s} {rows[-1]['median_ms']:8.1f} ms  x{rows[-1]['ratio_vs_onnxruntime']}  "
-              f"{rows[-1]['size_mb']} MB  {parity[fmt]['verdict']} {parity[fmt]['max_abs'].get('pha', 0):.2g}", flush=True)
+              f"{rows[-1]['size_mb']} MB  {parity[fmt]['verdict']} {max(parity[fmt]['max_abs'].values()):.2g}", flush=True)
     return {"resolution": [width, height], "sample_pixels": config.refine_sample_pixels, "rows": rows,
             "cells_refined": config.refine_sample_pixels // 16}
 
@@ -194,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-pixels", default=None,
                         help="refine budgets for every size, comma-separated [4,000 at 320x256, 80,000 otherwise]; "
                              "16 refines one cell, leaving the backbone and decoder")
+    parser.add_argument("--pause", type=float, default=PAUSE,
+                        help=f"idle seconds before each timed call [{PAUSE}] (bgm_deploy.bench.harness.INTERLEAVE_PAUSE_S); 0: none")
     args = parser.parse_args(argv)
     folder = Path(args.workdir)
     folder.mkdir(parents=True, exist_ok=True)
@@ -201,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()
     shared: dict[str, Path] = {}
     budgets = [int(p) for p in args.sample_pixels.split(",")] if args.sample_pixels else [None]
-    sizes = [bench_size(parse_size(s), folder, formats, args.rounds, args.threads, shared, pixels)
+    sizes = [bench_size(parse_size(s), folder, formats, args.rounds, args.threads, shared, pixels, args.pause)
              for s in args.resolutions.split(",") for pixels in budgets]
     environment = environment_info()
     report = {
@@ -211,6 +232,7 @@ def main(argv: list[str] | None = None) -> None:
         "baseline": BASELINE,
         "threads": args.threads,
         "rounds": args.rounds,
+        "pause_s": args.pause,
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "platform": platform.platform(),
                     "load_average_before": [round(v, 2) for v in load_before],
                     "load_average_after": [round(v, 2) for v in os.getloadavg()], "note": args.note},

@@ -3,8 +3,10 @@
 Where the browser's time goes (docs/web.md, "Latency"). Each row is one ``Conv`` node in a
 one-node ONNX file; the same file and the same input run natively (``CPUExecutionProvider``,
 ``intra_op_num_threads`` = ``--threads``) and in headless Chromium (onnxruntime-web, WASM
-with SIMD, ``numThreads`` = ``--threads``, cross-origin isolated), alternating call by call;
-each timed call runs the node ``--inner`` times. GFLOP/s counts a multiply-add as 2 FLOPs.
+with SIMD, ``numThreads`` = ``--threads``, cross-origin isolated), alternating call by call,
+each after an idle pause (``bgm_deploy.bench.harness.INTERLEAVE_PAUSE_S``: onnxruntime's workers
+spin-wait after a run and would take the other side's cores); each timed call runs the node
+``--inner`` times. GFLOP/s counts a multiply-add as 2 FLOPs.
 
 * default: eight representative shapes of the HD model (backbone at 480x270, ASPP, decoder,
   the refiner's patch batch) with seeded weights;
@@ -36,6 +38,7 @@ import onnx
 import onnxruntime
 from onnx import TensorProto, helper, numpy_helper
 
+from bgm_deploy.bench.harness import INTERLEAVE_PAUSE_S
 from bgm_deploy.bench.stats import summarize
 from bgm_deploy.environment import cpu_model, cpu_simd_flags
 from bgm_deploy.web.browser import HeadlessChromium, bundled_pairs_rgba, rgba_to_nchw
@@ -147,7 +150,7 @@ def _header(threads: int, rounds: int, inner: int, chromium: str, info: dict[str
             load_before: dict[str, Any]) -> dict[str, Any]:
     return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "threads": threads, "rounds": rounds, "inner": inner,
+        "threads": threads, "rounds": rounds, "inner": inner, "pause_s": INTERLEAVE_PAUSE_S,
         "chromium": chromium,
         "onnxruntime_web": info.get("version"),
         "onnxruntime": onnxruntime.__version__,
@@ -171,10 +174,12 @@ def time_conv(browser: HeadlessChromium, path: Path, name: str, shape: tuple[int
         browser.page.evaluate(RUN_JS, {"name": name, "inner": 1})
     native_s, browser_s = [], []
     for _ in range(rounds):
+        time.sleep(INTERLEAVE_PAUSE_S)  # each side after an idle pause: the other's spinning threads park
         start = time.perf_counter()
         for _ in range(inner):
             session.run(None, feeds)
         native_s.append((time.perf_counter() - start) / inner)
+        time.sleep(INTERLEAVE_PAUSE_S)
         browser_s.append(browser.page.evaluate(RUN_JS, {"name": name, "inner": inner}) / 1e3)
     native, web = summarize(native_s), summarize(browser_s)
     row = {"input": list(shape), "gflop": round(gflop, 4),
@@ -253,9 +258,11 @@ def measure_model(site: Path, threads: int, rounds: int, inner: int, size: tuple
             browser.page.evaluate(MODEL_RUN_JS, whole["k"])
         native_s, browser_s = [], []
         for _ in range(rounds):
+            time.sleep(INTERLEAVE_PAUSE_S)
             start = time.perf_counter()
             native_model.run(None, whole["feeds"])
             native_s.append(time.perf_counter() - start)
+            time.sleep(INTERLEAVE_PAUSE_S)
             browser_s.append(browser.page.evaluate(MODEL_RUN_JS, whole["k"])["inference"] / 1e3)
         chromium = browser.version
     native, web = summarize(native_s), summarize(browser_s)

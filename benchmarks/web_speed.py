@@ -3,7 +3,9 @@
 Exports the web site of the default model (mobilenetv2 MattingRefine, synthetic seed 0, HD
 preset: backbone scale 0.25, 80,000 refined pixels), then times the same file
 (``site/model.onnx``) on the same inputs (the bundled HD pair, resized) with the same
-thread count, interleaved round by round so that load from other processes falls on both:
+thread count, interleaved round by round so that load from other processes falls on both,
+each timed call after an idle ``--pause`` (onnxruntime's workers spin-wait after a run and would
+take the other side's cores: ``bgm_deploy.bench.harness.INTERLEAVE_PAUSE_S``):
 
 * browser: the site's own module (``bgm.js``) in a headless Chromium, WASM backend,
   ``numThreads`` = ``--threads``; the time of ``session.run`` measured in the page
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 import onnxruntime
 
+from bgm_deploy.bench.harness import INTERLEAVE_PAUSE_S
 from bgm_deploy.bench.stats import summarize
 from bgm_deploy.environment import cpu_model
 from bgm_deploy.web.browser import HeadlessChromium, bundled_pairs_rgba, rgba_to_nchw
@@ -92,7 +95,8 @@ def _b64(array: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(array).tobytes()).decode("ascii")
 
 
-def measure(site: Path, threads: int, rounds: int, warmup: int, refine_k: int | None = None) -> dict[str, Any]:
+def measure(site: Path, threads: int, rounds: int, warmup: int, refine_k: int | None = None,
+            pause: float = INTERLEAVE_PAUSE_S) -> dict[str, Any]:
     """Interleaved rounds per size: one native call, one browser call. ``refine_k``: the
     refine budget in cells (default: the model's, 5,000)."""
     model = site / MODEL_FILE
@@ -115,9 +119,11 @@ def measure(site: Path, threads: int, rounds: int, warmup: int, refine_k: int | 
                 browser.page.evaluate(RUN_JS, k)
             native_s, browser_s, browser_total_s, refined = [], [], [], set()
             for _ in range(rounds):
+                time.sleep(pause)  # each side after an idle pause: the other's spinning threads park
                 start = time.perf_counter()
                 outputs = native.infer(feeds)
                 native_s.append(time.perf_counter() - start)
+                time.sleep(pause)
                 result = browser.page.evaluate(RUN_JS, k)
                 browser_s.append(result["inference"] / 1e3)
                 browser_total_s.append(result["total"] / 1e3)
@@ -138,7 +144,7 @@ def measure(site: Path, threads: int, rounds: int, warmup: int, refine_k: int | 
     return {
         "schema_version": 1,
         "what": "onnxruntime-web WASM (SIMD + threads) in headless Chromium vs native onnxruntime CPU, same model "
-                "file, same inputs, same thread count, interleaved rounds",
+                "file, same inputs, same thread count, interleaved rounds, an idle pause before each timed call",
         "command": f"python -m benchmarks.web_speed --threads {threads} --rounds {rounds} --warmup {warmup}"
                    + ("" if refine_k is None else f" --refine-k {refine_k}"),
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -148,6 +154,7 @@ def measure(site: Path, threads: int, rounds: int, warmup: int, refine_k: int | 
         "inputs": f"bundled pair {PAIR} resized (bilinear) per size",
         "threads": threads,
         "rounds": rounds,
+        "pause_s": pause,
         "warmup": warmup,
         "chromium": chromium,
         "onnxruntime_web": info.get("version"),
@@ -170,12 +177,14 @@ def main() -> None:
     parser.add_argument("--refine-k", type=int, default=None,
                         help="refine budget in 4x4 cells on both sides [the model's: 5000]; 1 leaves the "
                              "backbone and decoder, to see where the gap is")
+    parser.add_argument("--pause", type=float, default=INTERLEAVE_PAUSE_S,
+                        help="idle seconds before each timed call (bgm_deploy.bench.harness.INTERLEAVE_PAUSE_S)")
     parser.add_argument("--json", default="benchmarks/results/web_speed.json")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="bgm-web-speed-") as folder:
         site = Path(folder) / "site"
         export_web(output=site, ort_dist=args.ort_dist, progress=lambda message: print(message, flush=True))
-        result = measure(site, args.threads, args.rounds, args.warmup, args.refine_k)
+        result = measure(site, args.threads, args.rounds, args.warmup, args.refine_k, args.pause)
     atomic_write_text(args.json, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.json}")
 

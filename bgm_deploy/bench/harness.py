@@ -16,6 +16,16 @@ from typing import Any, Callable, Protocol
 from model.errors import UsageError
 
 
+# Idle seconds before each timed call when several runtimes are timed interleaved (one call
+# of each per round, as the comparison benchmarks do). onnxruntime's intra-op workers
+# spin-wait after a run (its default, right for back-to-back calls of one session) and keep
+# the cores busy meanwhile: on this 2-core machine the runtime timed next lost them. Measured
+# here (2026-12-06): two onnxruntime sessions alternating back to back took 133 and 109 ms per
+# HD call, the same sessions with 0.2 s between calls 93 and 70 ms. Every runtime gets the
+# same pause; the timed call itself is unchanged.
+INTERLEAVE_PAUSE_S = 0.25
+
+
 class Timer(Protocol):
     """Times one call of ``fn``; returns seconds."""
 
