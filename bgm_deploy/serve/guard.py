@@ -11,7 +11,8 @@ Triton on a private loopback port, checking every inference request first:
 * the body is at most ``max_body`` bytes (the largest valid request, plus its JSON header);
 * every input's declared shape has the model's rank, non-negative dims, a batch of at most
   ``max_batch`` and at most ``max_pixels`` pixels per image, so the declared byte size is
-  bounded;
+  bounded; with ``--repository`` each model has its own :class:`Limits`, read from its
+  ``config.pbtxt`` (:func:`bgm_deploy.serve.server.repository_limits`);
 * JSON ``data`` holds exactly as many values as the shape declares.
 
 A request failing a check gets a 400 with Triton's JSON error body (``{"error": "..."}``);
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 # Request/response headers a relay must not forward (hop-by-hop, RFC 9110 7.6.1).
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                "transfer-encoding", "upgrade"}
-_ITEM_BYTES = {"UINT8": 1, "INT8": 1, "BOOL": 1, "FP16": 2, "BF16": 2, "INT16": 2, "UINT16": 2, "FP32": 4, "INT32": 4,
+ITEM_BYTES = {"UINT8": 1, "INT8": 1, "BOOL": 1, "FP16": 2, "BF16": 2, "INT16": 2, "UINT16": 2, "FP32": 4, "INT32": 4,
                "UINT32": 4, "FP64": 8, "INT64": 8, "UINT64": 8}
 
 
@@ -48,13 +49,29 @@ class Limits:
         max_batch: images per request.
         max_pixels: pixels per image (H*W); 0: no pixel limit (the byte limit still holds).
         max_body: bytes per request body.
-        rank: dims of every input including the batch axis (``N, H, W, C``).
+        rank: dims of every input including the batch axis; 0: any rank.
+        layout: which dims are the image's height and width: ``"NHWC"`` (bgm-deploy's python
+            flavour), ``"NCHW"`` (an exported ONNX file), ``"CHW"`` (one unbatched image) or
+            ``""``: not an image model (no batch or pixel check; the byte limit still holds).
+        source: where ``max_pixels`` is set, named in the refusal.
     """
 
     max_batch: int
     max_pixels: int
     max_body: int
     rank: int = 4
+    layout: str = "NHWC"
+    source: str = "--max-pixels"
+
+    def image_size(self, shape: list[int]) -> tuple[int, int, int] | None:
+        """``(batch, height, width)`` declared by an input of this layout, or None."""
+        if self.layout == "NHWC":
+            return shape[0], shape[1], shape[2]
+        if self.layout == "NCHW":
+            return shape[0], shape[2], shape[3]
+        if self.layout == "CHW":
+            return 1, shape[1], shape[2]
+        return None
 
 
 def _flat_count(data: Any) -> int:
@@ -75,18 +92,21 @@ def check_request(header: dict[str, Any], limits: Limits) -> str | None:
         name, shape = item.get("name", "?"), item.get("shape")
         if not isinstance(shape, list) or not all(isinstance(dim, int) and dim >= 0 for dim in shape):
             return f"input {name!r}: shape must be a list of non-negative integers, got {shape!r}"
-        if len(shape) != limits.rank:
-            return f"input {name!r}: shape {shape} must have {limits.rank} dims (N, H, W, C)"
-        batch, height, width = shape[0], shape[1], shape[2]
-        if batch > limits.max_batch:
-            return f"input {name!r}: batch {batch} is over this server's max batch size {limits.max_batch}"
-        if limits.max_pixels and height * width > limits.max_pixels:
-            return (f"input {name!r}: {width}x{height} = {height * width} pixels is over this server's limit of "
-                    f"{limits.max_pixels} (--max-pixels)")
+        if limits.rank and len(shape) != limits.rank:
+            axes = f" ({', '.join(limits.layout)})" if limits.layout else ""
+            return f"input {name!r}: shape {shape} must have {limits.rank} dims{axes}"
+        size = limits.image_size(shape)
+        if size is not None:
+            batch, height, width = size
+            if batch > limits.max_batch:
+                return f"input {name!r}: batch {batch} is over this server's max batch size {limits.max_batch}"
+            if limits.max_pixels and height * width > limits.max_pixels:
+                return (f"input {name!r}: {width}x{height} = {height * width} pixels is over this server's limit of "
+                        f"{limits.max_pixels} ({limits.source})")
         count = 1
         for dim in shape:
             count *= dim
-        item_bytes = _ITEM_BYTES.get(str(item.get("datatype", "")).upper(), 8)
+        item_bytes = ITEM_BYTES.get(str(item.get("datatype", "")).upper(), 8)
         if count * item_bytes > limits.max_body:
             return f"input {name!r}: shape {shape} declares {count * item_bytes} bytes, over the request limit"
         params = item.get("parameters") or {}
@@ -134,16 +154,17 @@ class _Relay(BaseHTTPRequestHandler):
             self._answer(411, "send a Content-Length (chunked requests are not accepted)")
             self.close_connection = True
             return
-        if length > self.server.limits.max_body:
+        limits = self.server.limits_for(self.path)
+        if length > limits.max_body:
             self._answer(413, f"request body of {length} bytes is over this server's limit of "
-                              f"{self.server.limits.max_body} bytes")
+                              f"{limits.max_body} bytes")
             self.close_connection = True
             return
         body = self.rfile.read(length) if length else b""
         # Triton routes on the path without the query string: "/infer?x" is an inference too.
         path = urllib.parse.unquote(urllib.parse.urlsplit(self.path).path).rstrip("/")
         if self.command == "POST" and path.endswith("/infer"):
-            problem = self._check_infer(body)
+            problem = self._check_infer(body, limits)
             if problem is not None:
                 self._answer(400, problem)
                 return
@@ -168,7 +189,7 @@ class _Relay(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(payload)
 
-    def _check_infer(self, body: bytes) -> str | None:
+    def _check_infer(self, body: bytes, limits: Limits) -> str | None:
         header_size = self.headers.get("Inference-Header-Content-Length")
         try:
             size = int(header_size) if header_size is not None else len(body)
@@ -180,7 +201,7 @@ class _Relay(BaseHTTPRequestHandler):
         if not isinstance(header, dict):
             return "the request's JSON header must be an object"
         try:
-            return check_request(header, self.server.limits)
+            return check_request(header, limits)
         except (TypeError, RecursionError) as exc:  # odd JSON types (parameters not an object, data nested too deep)
             return f"the request's JSON header is malformed ({type(exc).__name__})"
 
@@ -197,13 +218,22 @@ class GuardServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True  # restarting on the same port must not wait out TIME_WAIT
 
-    def __init__(self, host: str, port: int, upstream_port: int, limits: Limits) -> None:
+    def __init__(self, host: str, port: int, upstream_port: int, limits: Limits,
+                 models: dict[str, Limits] | None = None) -> None:
         self.upstream_host = "127.0.0.1"
         self.upstream_port = upstream_port
         self.limits = limits
+        self.models = dict(models or {})
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.address_family = family
         super().__init__((host, port), _Relay)
+
+    def limits_for(self, path: str) -> Limits:
+        """The limits of the model a request path names (``/v2/models/NAME/...``), else the default."""
+        parts = urllib.parse.unquote(urllib.parse.urlsplit(path).path).strip("/").split("/")
+        if len(parts) >= 3 and parts[0] == "v2" and parts[1] == "models":
+            return self.models.get(parts[2], self.limits)
+        return self.limits
 
     @property
     def port(self) -> int:

@@ -206,6 +206,23 @@ def onnxruntime_config_text(options: TritonModelOptions, onnx_inputs: dict[str, 
     return _text(message)
 
 
+def parse_config_text(text: str) -> Any:
+    """Parses ``config.pbtxt`` text into Triton's ``ModelConfig`` protobuf, with none of
+    bgm-deploy's own rules (any model of a repository).
+
+    Raises:
+        ServeError: the text does not parse.
+        MissingExtraError: tritonclient is not installed.
+    """
+    model_config_pb2, text_format = import_model_config_pb2()
+    message = model_config_pb2.ModelConfig()
+    try:
+        text_format.Parse(text, message)
+    except text_format.ParseError as exc:
+        raise ServeError(f"config.pbtxt does not parse as Triton's ModelConfig: {exc}") from None
+    return message
+
+
 def validate_config_text(text: str) -> Any:
     """Parses ``config.pbtxt`` text into Triton's ``ModelConfig`` protobuf and checks what the
     schema cannot: dims without the batch axis, a batching model, unique tensor names.
@@ -217,12 +234,7 @@ def validate_config_text(text: str) -> Any:
         ServeError: the text does not parse or breaks one of the rules.
         MissingExtraError: tritonclient is not installed.
     """
-    model_config_pb2, text_format = import_model_config_pb2()
-    message = model_config_pb2.ModelConfig()
-    try:
-        text_format.Parse(text, message)
-    except text_format.ParseError as exc:
-        raise ServeError(f"config.pbtxt does not parse as Triton's ModelConfig: {exc}") from None
+    message = parse_config_text(text)
     names = [tensor.name for tensor in (*message.input, *message.output)]
     if len(set(names)) != len(names) or not message.input or not message.output:
         raise ServeError(f"config.pbtxt of {message.name!r} must name distinct inputs and outputs, got {names}")

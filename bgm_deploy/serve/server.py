@@ -38,8 +38,14 @@ from model.errors import MissingExtraError, ServeError, UsageError
 from model.spec import MAX_SIDE
 
 from ..model_spec import ModelSpec
-from .guard import GuardServer, Limits
-from .repository import SERVE_EXTRA_HINT, TritonModelOptions, write_python_repository
+from .guard import ITEM_BYTES, GuardServer, Limits
+from .repository import (
+    SERVE_EXTRA_HINT,
+    TritonModelOptions,
+    import_model_config_pb2,
+    parse_config_text,
+    write_python_repository,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +56,58 @@ DEFAULT_PORTS = {"http": 8000, "grpc": 8001, "metrics": 8002}
 STUB_SHM_BYTES = 64 << 20
 
 Progress = Callable[[str], None]
+
+
+def _body_bound(inputs: int, batch: int, max_pixels: int, itemsize: int) -> int:
+    """The largest request body of ``inputs`` batched 3-channel images, plus room for the JSON header."""
+    return inputs * batch * (max_pixels or MAX_SIDE * MAX_SIDE) * 3 * itemsize + (1 << 20)
+
+
+def repository_limits(repository: Path, max_pixels: int) -> dict[str, Limits]:
+    """The guard's limits for each model of a Triton repository, from its ``config.pbtxt``.
+
+    A bgm-deploy python-flavour model is held to its own ``max_pixels`` and io dtype (NHWC
+    images); a model taking ``[3, -1, -1]`` images (an exported ONNX file) to ``max_pixels``
+    (``--max-pixels``); any other model (other ranks and layouts) only to its rank, its batch
+    size and a byte bound, so that it is served, not refused. A config that does not parse
+    is left to Triton, which names it when it fails to load.
+    """
+    model_config_pb2, _ = import_model_config_pb2()  # MissingExtraError here, not per model
+    limits = {}
+    for config_path in sorted(repository.glob("*/config.pbtxt")):
+        try:
+            message = parse_config_text(config_path.read_text(encoding="utf-8", errors="replace"))
+        except ServeError:
+            continue
+        name = config_path.parent.name
+        batched = message.max_batch_size > 0
+        batch = max(message.max_batch_size, 1)
+        dims = [list(tensor.dims) for tensor in message.input]
+        ranks = {len(d) + batched for d in dims}
+        itemsize = max((ITEM_BYTES.get(model_config_pb2.DataType.Name(tensor.data_type).removeprefix("TYPE_"), 8)
+                        for tensor in message.input), default=8)
+        params = message.parameters
+        if message.backend == "python" and "max_pixels" in params and dims and all(d == [-1, -1, 3] for d in dims):
+            own = int(params["max_pixels"].string_value or 0)
+            limits[name] = Limits(max_batch=batch, max_pixels=own, max_body=_body_bound(len(dims), batch, own, itemsize),
+                                  source=f"max_pixels in {name}/config.pbtxt")
+            continue
+        layout = ""
+        if dims and all(d == [3, -1, -1] for d in dims):
+            layout = "NCHW" if batched else "CHW"
+        fixed = dims and all(all(v > 0 for v in d) for d in dims)
+        body = (sum(batch * itemsize * _product(d) for d in dims) + (1 << 20) if fixed
+                else _body_bound(max(len(dims), 1), batch, max_pixels, itemsize))
+        limits[name] = Limits(max_batch=batch, max_pixels=max_pixels if layout else 0, max_body=body,
+                              rank=ranks.pop() if len(ranks) == 1 else 0, layout=layout)
+    return limits
+
+
+def _product(values: list[int]) -> int:
+    result = 1
+    for value in values:
+        result *= value
+    return result
 
 
 def default_dynamic_batching(spec: ModelSpec) -> tuple[bool, str]:
@@ -343,12 +401,16 @@ class TritonServer:
 
     def _start_guard(self, port: int) -> None:
         options = self.config.options
-        pixels = options.max_pixels or MAX_SIDE * MAX_SIDE
-        batch = options.max_batch_size if self.config.repository is None else 64
-        itemsize = 4 if options.io_dtype == "float32" or self.config.repository is not None else 1
-        # Two images per request (src, bgr), plus room for the JSON header.
-        limits = Limits(max_batch=batch, max_pixels=options.max_pixels, max_body=2 * batch * pixels * 3 * itemsize + (1 << 20))
-        self._guard = GuardServer(self.config.host, port, 0, limits)
+        models: dict[str, Limits] = {}
+        if self.config.repository is None:
+            itemsize = 4 if options.io_dtype == "float32" else 1
+            limits = Limits(max_batch=options.max_batch_size, max_pixels=options.max_pixels,
+                            max_body=_body_bound(2, options.max_batch_size, options.max_pixels, itemsize))
+        else:  # each model by its own config.pbtxt; a path naming no model by the loosest bound
+            models = repository_limits(Path(self.config.repository), options.max_pixels)
+            limits = Limits(max_batch=64, max_pixels=options.max_pixels, max_body=max(
+                [_body_bound(2, 64, options.max_pixels, 4), *(model.max_body for model in models.values())]), rank=0, layout="")
+        self._guard = GuardServer(self.config.host, port, 0, limits, models)
         self._guard_thread = threading.Thread(target=self._guard.serve_forever, name="bgm-serve-guard", daemon=True)
         self._guard_thread.start()
 
