@@ -4,10 +4,8 @@ export on onnxruntime's CPU provider, in one interleaved run: ``benchmarks/resul
     python -m benchmarks.targets_speed                                  # ~15 min on 2 cores
     python -m benchmarks.targets_speed --resolutions 320x256 --rounds 3 --out /tmp/t.json   # smoke
     python -m benchmarks.targets_speed --resolutions 1920x1080 --sample-pixels 16,80000 \
-        --formats onnx,executorch:rewrites,litert:rewrites --out benchmarks/results/targets_speed_budgets.json
-    python -m benchmarks.targets_speed --resolutions 1920x1080 --sample-pixels 16 \
         --formats onnx,onnx:coarse,executorch:rewrites,executorch:coarse,litert:rewrites,litert:coarse \
-        --out benchmarks/results/targets_speed_coarse.json
+        --out benchmarks/results/targets_speed_coarse.json       # where the gap is (docs/targets.md)
 
 For each resolution the same seeded model (mobilenetv2, synthetic weights, backbone 0.25,
 a fixed sampling budget with prevent-oversampling off so every frame refines exactly
