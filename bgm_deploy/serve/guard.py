@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 _HOP_BY_HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
                "transfer-encoding", "upgrade"}
 ITEM_BYTES = {"UINT8": 1, "INT8": 1, "BOOL": 1, "FP16": 2, "BF16": 2, "INT16": 2, "UINT16": 2, "FP32": 4, "INT32": 4,
-               "UINT32": 4, "FP64": 8, "INT64": 8, "UINT64": 8}
+              "UINT32": 4, "FP64": 8, "INT64": 8, "UINT64": 8}
 
 
 @dataclass(frozen=True)

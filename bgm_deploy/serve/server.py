@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import os
 import signal
 import socket
@@ -96,18 +97,11 @@ def repository_limits(repository: Path, max_pixels: int) -> dict[str, Limits]:
         if dims and all(d == [3, -1, -1] for d in dims):
             layout = "NCHW" if batched else "CHW"
         fixed = dims and all(all(v > 0 for v in d) for d in dims)
-        body = (sum(batch * itemsize * _product(d) for d in dims) + (1 << 20) if fixed
+        body = (sum(batch * itemsize * math.prod(d) for d in dims) + (1 << 20) if fixed
                 else _body_bound(max(len(dims), 1), batch, max_pixels, itemsize))
         limits[name] = Limits(max_batch=batch, max_pixels=max_pixels if layout else 0, max_body=body,
                               rank=ranks.pop() if len(ranks) == 1 else 0, layout=layout)
     return limits
-
-
-def _product(values: list[int]) -> int:
-    result = 1
-    for value in values:
-        result *= value
-    return result
 
 
 def default_dynamic_batching(spec: ModelSpec) -> tuple[bool, str]:
