@@ -6,7 +6,8 @@ recipe and the arithmetic floor, in one run: ``benchmarks/results/cpu_speed.json
 
 For every case (backbone, resolution with its preset, fixed sampling: exactly
 ``sample_pixels // 16`` cells refined) the graphs below are exported from the same seeded
-model and timed interleaved (one call of each per round, so machine drift hits all alike)
+model and timed interleaved (one call of each per round, so machine drift hits all alike; each
+call after an idle ``--pause``, so the previous session's spin-waiting workers have parked)
 with onnxruntime's CPU provider on the same session options as ``bgm-deploy bench``:
 
 * ``original``: the original project's recipe (``exporters/original.py``);
@@ -41,6 +42,7 @@ import torch
 import runtimes
 from bgm_deploy.bench import FIXED_PAIR, BenchConfig, _inputs, _model_config, parse_resolution
 from bgm_deploy.bench.flops import count_flops, measure_peak_gemm
+from bgm_deploy.bench.harness import INTERLEAVE_PAUSE_S
 from bgm_deploy.bench.report import write_atomic
 from bgm_deploy.environment import cpu_model
 from bgm_deploy.verify import VerifyConfig, compare_case
@@ -101,7 +103,7 @@ def cells_in_blocks(ref_sm: np.ndarray) -> float:
 
 
 def run_case(name: str, rounds: int, threads: int, workdir: Path, peak: float, full: bool,
-             size: tuple[int, int] | None = None) -> dict[str, Any]:
+             size: tuple[int, int] | None = None, pause: float = INTERLEAVE_PAUSE_S) -> dict[str, Any]:
     backbone, preset_size = CASES[name]
     size = size or preset_size
     config = _model_config(BenchConfig(backbones=(backbone,), resolutions=(size,)), backbone, size)
@@ -145,6 +147,7 @@ def run_case(name: str, rounds: int, threads: int, workdir: Path, peak: float, f
     print(f"[{name}] timing {len(runners)} graphs, {rounds} interleaved rounds…", file=sys.stderr)
     for _ in range(rounds):
         for graph, runner in runners.items():
+            time.sleep(pause)  # the previous session's spinning workers park first (INTERLEAVE_PAUSE_S)
             start = time.perf_counter()
             runner.infer(feeds)
             times[graph].append((time.perf_counter() - start) * 1e3)
@@ -169,7 +172,7 @@ def run_case(name: str, rounds: int, threads: int, workdir: Path, peak: float, f
     return {
         "case": name, "backbone": backbone, "resolution": f"{size[0]}x{size[1]}",
         "backbone_scale": config.backbone_scale, "sample_pixels": config.refine_sample_pixels,
-        "gflops": round(flops / 1e9, 3), "floor_ms": round(floor_ms, 2), "rounds": rounds,
+        "gflops": round(flops / 1e9, 3), "floor_ms": round(floor_ms, 2), "rounds": rounds, "pause_s": pause,
         "inputs": "uniform noise (seed 0)" if name.endswith("-scattered") else f"bundled pair {FIXED_PAIR}",
         "cells_in_blocks": round(cells_in_blocks(reference["ref_sm"]), 3), "graphs": rows,
     }
@@ -199,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="intra-op threads [torch's setting, as bench]")
     parser.add_argument("--size", default=None, help="WxH instead of each case's resolution (smoke runs)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "cpu_speed.json")
+    parser.add_argument("--pause", type=float, default=INTERLEAVE_PAUSE_S,
+                        help="idle seconds before each timed call (bgm_deploy.bench.harness.INTERLEAVE_PAUSE_S); 0: none")
     args = parser.parse_args(argv)
     cases = [c for c in args.cases.split(",") if c]
     unknown = [c for c in cases if c not in CASES]
@@ -222,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="bgm-cpu-speed-") as tmp:
         for case in cases:
-            result["cases"].append(run_case(case, args.rounds, threads, Path(tmp), peak.gflops, case == "hd-mobilenetv2", size))
+            result["cases"].append(run_case(case, args.rounds, threads, Path(tmp), peak.gflops, case == "hd-mobilenetv2", size,
+                                            args.pause))
     result["peak_gflops_end"] = round(measure_peak_gemm("cpu").gflops, 1)
     result["minutes"] = round((time.time() - started) / 60, 1)
     write_atomic(args.out, (json.dumps(result, indent=2) + "\n").encode())
