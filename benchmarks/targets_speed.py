@@ -61,8 +61,6 @@ BASELINE = "onnxruntime-cpu"
 # format -> the target that runs it here
 TARGETS = {"onnx": BASELINE, "executorch": "executorch-cpu", "litert": "litert-cpu", "aoti": "aoti-cpu"}
 SUFFIXES = {"onnx": ".onnx", "executorch": ".pte", "litert": ".tflite", "aoti": ".pt2"}
-# Idle seconds before each timed call: the previous row's spinning threads park first.
-PAUSE = INTERLEAVE_PAUSE_S
 # The ``:coarse`` rows keep only these outputs: the backbone and decoder, the refiner pruned.
 COARSE = ("pha_sm", "fgr_sm", "err_sm")
 # Fixed budget per resolution (the original's presets at HD; 4,000 px at the small size).
@@ -139,7 +137,7 @@ def _size(path: Path) -> int:
 
 
 def bench_size(size: tuple[int, int], folder: Path, formats: list[str], rounds: int, threads: int,
-               shared: dict[str, Path], sample_pixels: int | None = None, pause: float = PAUSE) -> dict[str, Any]:
+               shared: dict[str, Path], sample_pixels: int | None = None, pause: float = INTERLEAVE_PAUSE_S) -> dict[str, Any]:
     width, height = size
     config = model_config(width, height, sample_pixels)
     files = export_all(config, size, folder, formats, shared)
@@ -165,7 +163,7 @@ def bench_size(size: tuple[int, int], folder: Path, formats: list[str], rounds: 
             parity[fmt] = {"verdict": case.verdict, "max_abs": {o.name: o.max_abs for o in case.outputs}}
         for _ in range(rounds):
             for fmt, runner in runners.items():
-                time.sleep(pause)  # the previous row's spinning worker threads park (see PAUSE)
+                time.sleep(pause)  # the previous row's spinning worker threads park (INTERLEAVE_PAUSE_S)
                 start = time.perf_counter()
                 runner.infer(feeds)
                 times[fmt].append(time.perf_counter() - start)
@@ -211,8 +209,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-pixels", default=None,
                         help="refine budgets for every size, comma-separated [4,000 at 320x256, 80,000 otherwise]; "
                              "16 refines one cell, leaving the backbone and decoder")
-    parser.add_argument("--pause", type=float, default=PAUSE,
-                        help=f"idle seconds before each timed call [{PAUSE}] (bgm_deploy.bench.harness.INTERLEAVE_PAUSE_S); 0: none")
+    parser.add_argument("--pause", type=float, default=INTERLEAVE_PAUSE_S,
+                        help=f"idle seconds before each timed call [{INTERLEAVE_PAUSE_S}] "
+                             "(bgm_deploy.bench.harness.INTERLEAVE_PAUSE_S); 0: none")
     args = parser.parse_args(argv)
     folder = Path(args.workdir)
     folder.mkdir(parents=True, exist_ok=True)
